@@ -504,6 +504,11 @@ static bool proc_alive(const sup_t *s, const proc_t *p, uint64_t now, char *why,
 static void on_watchdog_timer(evutil_socket_t fd, short what, void *arg)
 {
     sup_t *s = arg;
+    if (s->state == SS_STARTING) {
+        /* start-up is bounded by systemd's TimeoutStartSec, not the watchdog */
+        notify_watchdog();
+        return;
+    }
     uint64_t now = sup_mono_ms();
     char why[256] = "";
     for (proc_t *p = s->procs; p; p = p->next)
