@@ -57,13 +57,15 @@ typedef struct ipc_header {
 void ipc_header_encode(const ipc_header_t *h, uint8_t out[IPC_HEADER_SIZE]);
 
 /* Validate and decode a header. Returns 0, or -1 with a reason in err
- * (bad magic 0x..., unsupported version N, unknown kind N, frame of N bytes
- * exceeds the maximum of M). */
+ * (bad magic 0x..., unsupported version N, unknown kind N, reserved field is
+ * 0x..., not 0, frame of N bytes exceeds the maximum of M). A max_frame of 0
+ * means IPC_DEFAULT_MAX_FRAME (likewise for every max_frame below). */
 int ipc_header_decode(const uint8_t in[IPC_HEADER_SIZE], uint32_t max_frame, ipc_header_t *h,
                       char *err, size_t errlen);
 
 /* Encode header + packed envelope into one malloc'd buffer (*out, *outlen).
- * Returns 0, or -1 when the packed envelope exceeds max_frame. */
+ * Returns 0, or -1 when the packed envelope exceeds max_frame, the kind is
+ * not one of enum ipc_kind, or memory runs out. */
 int ipc_frame_encode(uint8_t kind, uint64_t request_id, const Lodestar__Envelope *env,
                      uint32_t max_frame, uint8_t **out, size_t *outlen);
 
@@ -72,7 +74,9 @@ const char *ipc_type_name(uint32_t type);
 
 /* ------------------------------------------------------------ connection */
 
-/* One framed connection on a connected Unix stream socket (takes the fd). */
+/* One framed connection on a connected Unix stream socket (takes the fd).
+ * The first connection made sets SIGPIPE to ignored if its disposition is
+ * still the default, so a write to a vanished peer is an error, not death. */
 typedef struct ipc_conn ipc_conn_t;
 
 /* A whole frame arrived. `env` is owned by the callee's caller: it is freed
@@ -82,7 +86,8 @@ typedef void (*ipc_frame_cb)(ipc_conn_t *c, const ipc_header_t *h, Lodestar__Env
  * `reason` says which. The connection is freed right after the callback. */
 typedef void (*ipc_close_cb)(ipc_conn_t *c, const char *reason, void *arg);
 
-/* `name` labels the peer in logs ("naming worker", "supervisor channel"). */
+/* `name` labels the peer in logs ("naming worker", "supervisor channel").
+ * Returns NULL when out of resources; the fd is closed then too. */
 ipc_conn_t *ipc_conn_new(struct event_base *base, int fd, const char *name, uint32_t max_frame,
                          ipc_frame_cb on_frame, ipc_close_cb on_close, void *arg);
 /* Queue a frame. Returns 0, or -1 (connection closing, frame too large). */
@@ -96,6 +101,12 @@ void *ipc_conn_user(const ipc_conn_t *c);
 void ipc_conn_free(ipc_conn_t *c);
 /* Close after queued output is flushed (or after 1 s); close cb not called. */
 void ipc_conn_close_after_flush(ipc_conn_t *c);
+/* Called exactly once when the connection is really released, whichever way
+ * it closed (close callback, ipc_conn_free, close after flush), before its
+ * memory goes; sends fail by then. NULL removes the hook. The server uses
+ * it to forget connections its request handlers freed themselves. */
+typedef void (*ipc_conn_free_cb)(ipc_conn_t *c, void *arg);
+void ipc_conn_set_free_hook(ipc_conn_t *c, ipc_conn_free_cb hook, void *arg);
 
 /* ---------------------------------------------------------------- server */
 
@@ -123,7 +134,8 @@ int ipc_server_publish(ipc_server_t *s, const char *topic, const Lodestar__Envel
 size_t ipc_server_conn_count(const ipc_server_t *s);
 /* Stop accepting (the listening fd is left open for its owner). */
 void ipc_server_stop_accepting(ipc_server_t *s);
-/* Close every connection and free the server. Does not close listen_fd. */
+/* Close every connection (on_peer(false) is called for each) and free the
+ * server. Does not close listen_fd. */
 void ipc_server_free(ipc_server_t *s);
 
 /* ---------------------------------------------------------------- client */
@@ -142,23 +154,30 @@ typedef void (*ipc_push_cb)(ipc_client_t *cl, Lodestar__Envelope *push, void *ar
 /* Connection state changed (true: connected and subscriptions re-sent). */
 typedef void (*ipc_state_cb)(ipc_client_t *cl, bool connected, void *arg);
 
+/* The first connect is tried at once (requests may be sent right away);
+ * its on_state(true) still comes from the loop, never from inside here. */
 ipc_client_t *ipc_client_new(struct event_base *base, const char *path, const char *name, uint32_t max_frame,
                              ipc_push_cb on_push, ipc_state_cb on_state, void *arg);
 /* Send a request; exactly one call of cb follows (never synchronously from
- * inside this call). Returns 0, or -1 if it could not even be queued (then
- * cb is not called). */
+ * inside this call). timeout_ms <= 0 waits without a time limit (until the
+ * reply or the loss of the connection). Returns 0, or -1 if it could not even
+ * be queued (then cb is not called). */
 int ipc_client_request(ipc_client_t *cl, const Lodestar__Envelope *req, int timeout_ms, ipc_reply_cb cb,
                        void *arg);
 /* Subscribe to a topic now and after every reconnect. */
 int ipc_client_subscribe(ipc_client_t *cl, const char *topic);
 bool ipc_client_connected(const ipc_client_t *cl);
-/* Fail every pending request with -ECONNRESET (callbacks run), then free. */
+/* Fail every pending request with -ECONNRESET (callbacks run; a request
+ * refused while disconnected keeps its -ENOTCONN), then free. Callable from
+ * inside any of the client's callbacks. */
 void ipc_client_free(ipc_client_t *cl);
 
 /* ------------------------------------------------------------- utilities */
 
 /* Create a listening Unix stream socket at path (unlinking a stale one),
- * mode 0660, non-blocking, close-on-exec. Returns fd or -errno. */
+ * mode 0660, non-blocking, close-on-exec. Returns fd or -errno:
+ * -ENAMETOOLONG (path does not fit sun_path), -EADDRINUSE (something still
+ * accepts at path), -EEXIST (path exists and is not a socket), ... */
 int ipc_listen_unix(const char *path, int backlog);
 /* Connect (non-blocking) to a Unix socket path. Returns fd or -errno;
  * -EINPROGRESS is not returned for Unix sockets in practice but handled. */
