@@ -5,7 +5,7 @@
  * worker's libevent loop (PQconnectStart/PQconnectPoll, PQsendQueryParams,
  * PQsocket). Queries queue and run in order. On start (and after every
  * reconnect) the store applies the versioned migrations embedded from
- * deploy/sql/*.sql under a PostgreSQL advisory lock, so several nodes may
+ * deploy/sql/NNNN_name.sql under a PostgreSQL advisory lock, so several nodes may
  * start at once; only then does it report itself up.
  *
  * When PostgreSQL goes away the store never crashes the worker: the query in
@@ -41,8 +41,12 @@ typedef struct store_options {
 
 store_t *store_new(struct event_base *base, const store_options_t *opt, store_state_cb on_state, void *arg);
 /* Queue a query with text parameters ($1..$n; NULL values allowed). The SQL
- * may hold several statements only when nparams is 0. Returns 0, or -1 when
- * the store is being freed (cb not called). */
+ * may hold several statements only when nparams is 0 (the callback then gets
+ * the last statement's result; any failing statement fails the query). The
+ * SQL and parameters are copied; cb always runs later, from the loop,
+ * exactly once (unless -1 is returned). Returns 0, or -1 when the
+ * store is being freed, sql is NULL, nparams < 0 or memory runs out (cb not
+ * called). */
 int store_query(store_t *st, const char *sql, int nparams, const char *const *params, store_result_cb cb,
                 void *arg);
 bool store_is_up(const store_t *st);
