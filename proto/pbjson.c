@@ -810,7 +810,7 @@ static int decode_scalar(struct ctx *c, const ProtobufCFieldDescriptor *f, json_
         return 0;
     case PROTOBUF_C_TYPE_FLOAT:
     case PROTOBUF_C_TYPE_DOUBLE: {
-        double d;
+        double d = 0;
         if ((rc = json_to_double(c, f->type, v, &d)) != 0)
             return rc;
         if (f->type == PROTOBUF_C_TYPE_FLOAT)

@@ -1,0 +1,252 @@
+/*
+ * gateway.c: see gateway.h. Owns the worker clients of one gateway process
+ * and the health checks in flight over them.
+ *
+ * A check keeps one slot per worker it asked; each slot's IPC reply fills
+ * in its part, and the last one delivers the aggregate. When nothing could
+ * be sent at all (no worker enabled, or every request refused at once) the
+ * aggregate is delivered by a zero-delay timer, so callers never see their
+ * callback run inside gw_check_workers.
+ */
+#include "gateway.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/event.h>
+
+#include "log.h"
+
+typedef struct gw_check gw_check_t;
+
+typedef struct gw_slot {
+    gw_check_t *chk;
+    size_t idx;
+} gw_slot_t;
+
+struct gw_check {
+    gw_t *gw;
+    gw_health_cb cb;
+    void *arg;
+    size_t outstanding;
+    gw_health_t h;
+    gw_slot_t slots[GW_MAX_WORKERS];
+    struct event *deliver; /* zero-delay delivery when nothing is outstanding */
+    gw_check_t *prev, *next;
+};
+
+typedef struct gw_worker {
+    const char *role; /* static string */
+    ipc_client_t *cl;
+} gw_worker_t;
+
+struct gw {
+    struct event_base *base;
+    char role[64];
+    int timeout_ms;
+    gw_worker_t workers[GW_MAX_WORKERS];
+    size_t n_workers;
+    gw_check_t *checks;
+    bool freeing;
+};
+
+static void check_unlink(gw_t *gw, gw_check_t *k)
+{
+    if (k->prev)
+        k->prev->next = k->next;
+    else if (gw->checks == k)
+        gw->checks = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    k->prev = k->next = NULL;
+}
+
+static void check_deliver(gw_check_t *k)
+{
+    gw_t *gw = k->gw;
+    bool healthy = true;
+    for (size_t i = 0; i < k->h.n_workers; i++)
+        if (!k->h.workers[i].ok || !k->h.workers[i].store_ok)
+            healthy = false;
+    k->h.healthy = healthy;
+    check_unlink(gw, k);
+    if (k->deliver)
+        event_free(k->deliver);
+    if (!healthy) {
+        for (size_t i = 0; i < k->h.n_workers; i++) {
+            const gw_worker_status_t *w = &k->h.workers[i];
+            if (!w->ok || !w->store_ok)
+                log_debug("health: %s worker %s: %s", w->role, w->ok ? "store down" : "no answer", w->detail);
+        }
+    }
+    k->cb(&k->h, k->arg);
+    free(k);
+}
+
+static void on_deliver(evutil_socket_t fd, short what, void *arg)
+{
+    check_deliver(arg);
+}
+
+static void on_ping_reply(int status, Lodestar__Envelope *reply, void *arg)
+{
+    gw_slot_t *slot = arg;
+    gw_check_t *k = slot->chk;
+    gw_worker_status_t *w = &k->h.workers[slot->idx];
+    if (status == 0 && reply->body_case == LODESTAR__ENVELOPE__BODY_PING_RESPONSE) {
+        const Lodestar__PingResponse *pr = reply->ping_response;
+        w->ok = true;
+        w->store_ok = pr->store_ok;
+        w->store_rtt_us = pr->store_ok ? pr->store_rtt_us : 0;
+        snprintf(w->detail, sizeof w->detail, "%s", pr->detail ? pr->detail : "");
+    } else if (status == 0 && reply->body_case == LODESTAR__ENVELOPE__BODY_ERROR) {
+        snprintf(w->detail, sizeof w->detail, "%s",
+                 reply->error->message && *reply->error->message ? reply->error->message : "error without message");
+    } else if (status == 0) {
+        snprintf(w->detail, sizeof w->detail, "unexpected %s reply", ipc_type_name(reply->body_case));
+    } else if (status == -ETIMEDOUT) {
+        snprintf(w->detail, sizeof w->detail, "timeout");
+    } else if (status == -ENOTCONN) {
+        snprintf(w->detail, sizeof w->detail, "not connected");
+    } else if (status == -ECONNRESET) {
+        snprintf(w->detail, sizeof w->detail, "%s", k->gw->freeing ? "gateway stopping" : "connection lost");
+    } else {
+        snprintf(w->detail, sizeof w->detail, "%s", strerror(-status));
+    }
+    if (--k->outstanding == 0)
+        check_deliver(k);
+}
+
+int gw_check_workers(gw_t *gw, gw_health_cb cb, void *arg)
+{
+    if (gw->freeing)
+        return -ESHUTDOWN;
+    gw_check_t *k = calloc(1, sizeof *k);
+    if (!k)
+        return -ENOMEM;
+    k->gw = gw;
+    k->cb = cb;
+    k->arg = arg;
+    k->h.n_workers = gw->n_workers;
+    k->next = gw->checks;
+    if (gw->checks)
+        gw->checks->prev = k;
+    gw->checks = k;
+
+    Lodestar__Envelope env = LODESTAR__ENVELOPE__INIT;
+    Lodestar__PingRequest pr = LODESTAR__PING_REQUEST__INIT;
+    pr.from = gw->role;
+    env.body_case = LODESTAR__ENVELOPE__BODY_PING_REQUEST;
+    env.ping_request = &pr;
+    for (size_t i = 0; i < gw->n_workers; i++) {
+        gw_worker_status_t *w = &k->h.workers[i];
+        w->role = gw->workers[i].role;
+        k->slots[i] = (gw_slot_t){.chk = k, .idx = i};
+        k->outstanding++;
+        if (ipc_client_request(gw->workers[i].cl, &env, gw->timeout_ms, on_ping_reply, &k->slots[i]) < 0) {
+            k->outstanding--;
+            snprintf(w->detail, sizeof w->detail, "request could not be queued");
+        }
+    }
+    if (k->outstanding == 0) {
+        k->deliver = evtimer_new(gw->base, on_deliver, k);
+        if (!k->deliver) {
+            check_unlink(gw, k);
+            free(k);
+            return -ENOMEM;
+        }
+        static const struct timeval now = {0, 0};
+        evtimer_add(k->deliver, &now);
+    }
+    return 0;
+}
+
+bool gw_healthy(const gw_t *gw, char *why, size_t whylen)
+{
+    for (size_t i = 0; i < gw->n_workers; i++) {
+        if (!ipc_client_connected(gw->workers[i].cl)) {
+            snprintf(why, whylen, "%s worker not connected", gw->workers[i].role);
+            return false;
+        }
+    }
+    return true;
+}
+
+ipc_client_t *gw_worker(const gw_t *gw, const char *worker_role)
+{
+    for (size_t i = 0; i < gw->n_workers; i++)
+        if (strcmp(gw->workers[i].role, worker_role) == 0)
+            return gw->workers[i].cl;
+    return NULL;
+}
+
+int gw_drain_bound_ms(const cfg_t *cfg)
+{
+    int total = cfg->supervisor.drain_timeout_ms;
+    if (total <= 0)
+        return 0;
+    int reserve = total / 4 < 1000 ? total / 4 : 1000;
+    return total - reserve;
+}
+
+gw_t *gw_new(struct event_base *base, const cfg_t *cfg, const char *role, char *err, size_t errlen)
+{
+    gw_t *gw = calloc(1, sizeof *gw);
+    if (!gw) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    gw->base = base;
+    snprintf(gw->role, sizeof gw->role, "%s", role);
+    gw->timeout_ms = cfg->ipc.request_timeout_ms;
+    if (gw->timeout_ms <= 0 || gw->timeout_ms > GW_LIVENESS_TIMEOUT_MS)
+        gw->timeout_ms = GW_LIVENESS_TIMEOUT_MS;
+
+    const struct {
+        const char *role;
+        const char *title;
+        bool enabled;
+    } wanted[GW_MAX_WORKERS] = {
+        {"naming", "naming worker", cfg->naming.enabled},
+        {"config", "config worker", cfg->config.enabled},
+        {"health", "health worker", cfg->health.enabled},
+    };
+    for (size_t i = 0; i < GW_MAX_WORKERS; i++) {
+        if (!wanted[i].enabled)
+            continue;
+        char *path = cfg_ipc_path(cfg, wanted[i].role);
+        if (!path) {
+            snprintf(err, errlen, "%s worker: out of memory for its socket path", wanted[i].role);
+            gw_free(gw);
+            return NULL;
+        }
+        ipc_client_t *cl = ipc_client_new(base, path, wanted[i].title, cfg->ipc.max_frame_bytes, NULL, NULL, NULL);
+        if (!cl) {
+            snprintf(err, errlen, "%s worker: cannot create an IPC client for %s", wanted[i].role, path);
+            free(path);
+            gw_free(gw);
+            return NULL;
+        }
+        free(path);
+        gw->workers[gw->n_workers++] = (gw_worker_t){.role = wanted[i].role, .cl = cl};
+    }
+    return gw;
+}
+
+void gw_free(gw_t *gw)
+{
+    if (!gw)
+        return;
+    gw->freeing = true;
+    /* Pending requests fail with -ECONNRESET: their checks complete here. */
+    for (size_t i = 0; i < gw->n_workers; i++) {
+        ipc_client_free(gw->workers[i].cl);
+        gw->workers[i].cl = NULL;
+    }
+    /* Checks waiting only for their zero-delay delivery. */
+    while (gw->checks)
+        check_deliver(gw->checks);
+    free(gw);
+}

@@ -1,0 +1,1063 @@
+/*
+ * grpc_server.c: see grpc_server.h. The only file of the gateways that
+ * calls gRPC core.
+ *
+ * Threads. gRPC core runs its own pollers; our completion-queue thread
+ * (cq_thread) only moves completions from grpc_completion_queue_next onto
+ * a handoff list and pokes an eventfd. Everything else, every batch start,
+ * every call object and every handler, runs on the libevent thread.
+ *
+ * Tags. Each call owns one tag per kind of batch (request, receive, send,
+ * close), and a kind of batch is never outstanding twice on one call, so a
+ * tag can sit on the handoff list by itself: the list links the tags
+ * directly and the completion-queue thread never allocates.
+ *
+ * Call lifetime. A call object holds gRPC core's grpc_call while any batch
+ * is outstanding or until RECV_CLOSE_ON_SERVER completed (the call is over
+ * on the wire, by final status or cancellation). The object itself lives on
+ * while a handler owes its reply, so a deferred gs_reply always finds it.
+ */
+#include "grpc_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/util.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_posix.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
+#include <grpc/support/time.h>
+
+#include "log.h"
+
+#define GS_PENDING_REQUESTS 8            /* request_call kept outstanding */
+#define GS_DEFAULT_MAX_MESSAGE (4u * 1024u * 1024u)
+#define GS_FREE_WAIT_MS 5000             /* gs_server_free's bound on gRPC core */
+#define GS_ACCEPT_PAUSE_MS 500           /* after accept() failed (EMFILE...) */
+#define GS_PEER_LEN 72                   /* "ipv6:[<46>]:65535" */
+
+enum tag_kind { TAG_REQUEST, TAG_RECV, TAG_SEND, TAG_CLOSE, TAG_SHUTDOWN };
+
+typedef struct gs_tag {
+    enum tag_kind kind;
+    int success;
+    void *owner;
+    struct gs_tag *next; /* handoff list */
+} gs_tag_t;
+
+typedef struct gs_method {
+    char *path;
+    gs_unary_fn unary;
+    void *arg;
+} gs_method_t;
+
+typedef struct gs_outmsg {
+    grpc_byte_buffer *bb;
+    struct gs_outmsg *next;
+} gs_outmsg_t;
+
+struct gs_call {
+    gs_server_t *srv; /* NULL once the server was freed */
+    grpc_call *gc;    /* NULL once released */
+    grpc_call_details details;
+    grpc_metadata_array req_md;
+    bool have_details;
+    gpr_timespec deadline;
+    char *method;
+    const gs_method_t *m;
+
+    gs_tag_t t_req, t_recv, t_send, t_close;
+    int ops;              /* batches outstanding */
+    bool closed;          /* RECV_CLOSE_ON_SERVER completed, or could not start */
+    int cancelled;        /* written by gRPC core with RECV_CLOSE_ON_SERVER */
+    bool awaiting_reply;  /* a handler owes gs_reply */
+    bool replied;
+    bool md_sent;
+    bool send_inflight;
+    bool finish_queued;
+    bool finish_sent;
+    grpc_status_code status;
+    grpc_slice status_details;
+    bool have_status_details;
+    grpc_byte_buffer *recv_bb;
+    grpc_byte_buffer *send_bb;
+    gs_outmsg_t *outq, *outq_tail;
+    struct gs_call *prev, *next; /* server's list of live calls */
+};
+
+typedef struct gs_listener {
+    gs_server_t *srv;
+    struct evconnlistener *lev;
+    struct event *resume;
+    char *name;
+    int fd;
+} gs_listener_t;
+
+enum gs_state { GS_ST_NEW, GS_ST_RUNNING, GS_ST_DRAINING, GS_ST_STOPPED };
+
+struct gs_server {
+    struct event_base *base;
+    char name[64];
+    enum gs_state state;
+
+    grpc_server *srv;
+    grpc_completion_queue *cq;
+    grpc_server_credentials *creds;
+    bool grpc_inited;
+    bool thread_started;
+    pthread_t thread;
+
+    pthread_mutex_t mu; /* guards q_head / q_tail */
+    gs_tag_t *q_head, *q_tail;
+    int efd;
+    struct event *ev_wake;
+
+    gs_method_t *methods;
+    size_t n_methods;
+    gs_listener_t **listeners;
+    size_t n_listeners;
+
+    gs_tag_t t_shutdown;
+    bool shutdown_called;
+    bool shutdown_done;
+    bool cancelled_all;
+    int pending_requests;
+    int drain_timeout_ms;
+    struct event *ev_drain_timer;
+    struct event *ev_teardown;
+    gs_drained_fn drained;
+    void *drained_arg;
+
+    gs_call_t *calls;
+    size_t n_calls;
+
+    /* Client address per accepted fd. gRPC core names a connection made
+     * with grpc_server_add_channel_from_fd "fd:N"; this table turns that
+     * back into the address accept() reported. */
+    char (*peers)[GS_PEER_LEN];
+    size_t n_peers;
+};
+
+static void call_maybe_release(gs_call_t *c);
+static int call_pump(gs_call_t *c);
+
+/* ------------------------------------------------------------ logging */
+
+/* gRPC core's own log lines go to our log, tagged. Called on any thread. */
+static void grpc_log_bridge(gpr_log_func_args *a)
+{
+    int lvl = a->severity == GPR_LOG_SEVERITY_ERROR  ? LOG_LVL_WARN
+              : a->severity == GPR_LOG_SEVERITY_INFO ? LOG_LVL_INFO
+                                                     : LOG_LVL_DEBUG;
+    log_write(lvl, "grpc core: %s (%s:%d)", a->message, a->file, a->line);
+}
+
+const char *gs_status_name(int status)
+{
+    static const char *const names[] = {
+        "OK",           "CANCELLED",         "UNKNOWN",   "INVALID_ARGUMENT", "DEADLINE_EXCEEDED",
+        "NOT_FOUND",    "ALREADY_EXISTS",    "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION", "ABORTED",    "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL",
+        "UNAVAILABLE",  "DATA_LOSS",         "UNAUTHENTICATED",
+    };
+    if (status < 0 || (size_t)status >= sizeof names / sizeof names[0])
+        return "?";
+    return names[status];
+}
+
+/* ------------------------------------------------------ completion handoff */
+
+/* The completion-queue thread: waits on gRPC core, queues, wakes libevent. */
+static void *cq_thread(void *p)
+{
+    gs_server_t *s = p;
+    for (;;) {
+        grpc_event ev = grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL);
+        if (ev.type == GRPC_QUEUE_SHUTDOWN)
+            break;
+        if (ev.type != GRPC_OP_COMPLETE)
+            continue;
+        gs_tag_t *t = ev.tag;
+        t->success = ev.success;
+        t->next = NULL;
+        pthread_mutex_lock(&s->mu);
+        bool wake = s->q_head == NULL;
+        if (s->q_tail)
+            s->q_tail->next = t;
+        else
+            s->q_head = t;
+        s->q_tail = t;
+        pthread_mutex_unlock(&s->mu);
+        if (wake) {
+            uint64_t one = 1;
+            ssize_t w = write(s->efd, &one, sizeof one);
+            (void)w; /* EAGAIN only when the counter is saturated: already awake */
+        }
+    }
+    return NULL;
+}
+
+static void on_request_done(gs_call_t *c, bool success);
+static void on_recv_done(gs_call_t *c, bool success);
+static void on_send_done(gs_call_t *c, bool success);
+static void on_close_done(gs_call_t *c, bool success);
+static void on_shutdown_done(gs_server_t *s);
+
+static void dispatch(gs_server_t *s, gs_tag_t *t)
+{
+    switch (t->kind) {
+    case TAG_REQUEST:
+        on_request_done(t->owner, t->success);
+        break;
+    case TAG_RECV:
+        on_recv_done(t->owner, t->success);
+        break;
+    case TAG_SEND:
+        on_send_done(t->owner, t->success);
+        break;
+    case TAG_CLOSE:
+        on_close_done(t->owner, t->success);
+        break;
+    case TAG_SHUTDOWN:
+        on_shutdown_done(s);
+        break;
+    }
+}
+
+/* Take everything the completion-queue thread queued and run it. The
+ * eventfd is read before the list is taken, so no wake-up is ever lost. */
+static void process_completions(gs_server_t *s)
+{
+    uint64_t n;
+    ssize_t r = read(s->efd, &n, sizeof n);
+    (void)r;
+    pthread_mutex_lock(&s->mu);
+    gs_tag_t *t = s->q_head;
+    s->q_head = s->q_tail = NULL;
+    pthread_mutex_unlock(&s->mu);
+    while (t) {
+        gs_tag_t *next = t->next;
+        t->next = NULL;
+        dispatch(s, t);
+        t = next;
+    }
+}
+
+static void on_wake(evutil_socket_t fd, short what, void *arg)
+{
+    process_completions(arg);
+}
+
+/* ------------------------------------------------------------- calls */
+
+static void call_list_add(gs_server_t *s, gs_call_t *c)
+{
+    c->prev = NULL;
+    c->next = s->calls;
+    if (s->calls)
+        s->calls->prev = c;
+    s->calls = c;
+    s->n_calls++;
+}
+
+static void call_list_remove(gs_server_t *s, gs_call_t *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else if (s->calls == c)
+        s->calls = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    s->n_calls--;
+}
+
+static void call_drop_outq(gs_call_t *c)
+{
+    while (c->outq) {
+        gs_outmsg_t *m = c->outq;
+        c->outq = m->next;
+        grpc_byte_buffer_destroy(m->bb);
+        free(m);
+    }
+    c->outq_tail = NULL;
+}
+
+/* Release gRPC core's call when it is over, and our object when nobody
+ * owes it anything. */
+static void call_maybe_release(gs_call_t *c)
+{
+    if (c->gc && c->ops == 0 && c->closed) {
+        grpc_call_unref(c->gc);
+        c->gc = NULL;
+    }
+    if (c->gc)
+        return;
+    if (c->have_details) {
+        grpc_call_details_destroy(&c->details);
+        grpc_metadata_array_destroy(&c->req_md);
+        c->have_details = false;
+    }
+    if (c->have_status_details) {
+        grpc_slice_unref(c->status_details);
+        c->have_status_details = false;
+    }
+    call_drop_outq(c);
+    if (c->awaiting_reply)
+        return;
+    if (c->srv && (c->prev || c->next || c->srv->calls == c))
+        call_list_remove(c->srv, c);
+    free(c->method);
+    free(c);
+}
+
+/* Start a batch on a call; counts it as outstanding. */
+static int call_start(gs_call_t *c, const grpc_op *ops, size_t n, gs_tag_t *tag)
+{
+    grpc_call_error e = grpc_call_start_batch(c->gc, ops, n, tag, NULL);
+    if (e != GRPC_CALL_OK) {
+        log_error("%s: %s: gRPC core refused a batch of %zu ops: %s", c->srv ? c->srv->name : "grpc",
+                  c->method ? c->method : "?", n, grpc_call_error_to_string(e));
+        return -EIO;
+    }
+    c->ops++;
+    return 0;
+}
+
+/* Queue the final status; call_pump sends it after queued messages. */
+static void call_finish(gs_call_t *c, grpc_status_code status, const char *details)
+{
+    if (c->finish_queued)
+        return;
+    c->finish_queued = true;
+    c->status = status;
+    c->status_details = grpc_slice_from_copied_string(details ? details : "");
+    c->have_status_details = true;
+}
+
+/* Send what is due: initial metadata once, the next queued message, and the
+ * final status when nothing is queued before it, in one batch when they
+ * are all ready (a unary reply is a single batch). */
+static int call_pump(gs_call_t *c)
+{
+    if (!c->gc || c->closed || c->send_inflight || c->finish_sent)
+        return 0;
+    grpc_op ops[3];
+    memset(ops, 0, sizeof ops);
+    size_t n = 0;
+    bool has_msg = false, has_status = false;
+    if (c->outq) {
+        gs_outmsg_t *m = c->outq;
+        c->outq = m->next;
+        if (!c->outq)
+            c->outq_tail = NULL;
+        c->send_bb = m->bb;
+        free(m);
+        has_msg = true;
+    }
+    if (c->finish_queued && !c->outq)
+        has_status = true;
+    if (!has_msg && !has_status)
+        return 0;
+    if (!c->md_sent) {
+        ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+        ops[n].data.send_initial_metadata.count = 0;
+        n++;
+    }
+    if (has_msg) {
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = c->send_bb;
+        n++;
+    }
+    if (has_status) {
+        ops[n].op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+        ops[n].data.send_status_from_server.trailing_metadata_count = 0;
+        ops[n].data.send_status_from_server.status = c->status;
+        ops[n].data.send_status_from_server.status_details = &c->status_details;
+        n++;
+    }
+    if (call_start(c, ops, n, &c->t_send) != 0) {
+        if (c->send_bb) {
+            grpc_byte_buffer_destroy(c->send_bb);
+            c->send_bb = NULL;
+        }
+        /* End the call on the wire so its close completes and it is released. */
+        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to send", NULL);
+        return -EIO;
+    }
+    c->md_sent = true;
+    c->send_inflight = true;
+    if (has_status)
+        c->finish_sent = true;
+    return 0;
+}
+
+static void call_recv_next(gs_call_t *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_MESSAGE;
+    op.data.recv_message.recv_message = &c->recv_bb;
+    if (call_start(c, &op, 1, &c->t_recv) != 0)
+        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to receive", NULL);
+}
+
+static int request_one(gs_server_t *s)
+{
+    gs_call_t *c = calloc(1, sizeof *c);
+    if (!c) {
+        log_error("%s: out of memory for a new call", s->name);
+        return -ENOMEM;
+    }
+    c->srv = s;
+    c->t_req = (gs_tag_t){.kind = TAG_REQUEST, .owner = c};
+    c->t_recv = (gs_tag_t){.kind = TAG_RECV, .owner = c};
+    c->t_send = (gs_tag_t){.kind = TAG_SEND, .owner = c};
+    c->t_close = (gs_tag_t){.kind = TAG_CLOSE, .owner = c};
+    grpc_call_details_init(&c->details);
+    grpc_metadata_array_init(&c->req_md);
+    c->have_details = true;
+    grpc_call_error e = grpc_server_request_call(s->srv, &c->gc, &c->details, &c->req_md, s->cq, s->cq, &c->t_req);
+    if (e != GRPC_CALL_OK) {
+        log_error("%s: cannot request a call from gRPC core: %s", s->name, grpc_call_error_to_string(e));
+        grpc_call_details_destroy(&c->details);
+        grpc_metadata_array_destroy(&c->req_md);
+        free(c);
+        return -EIO;
+    }
+    s->pending_requests++;
+    return 0;
+}
+
+static const gs_method_t *find_method(const gs_server_t *s, const char *path)
+{
+    for (size_t i = 0; i < s->n_methods; i++)
+        if (strcmp(s->methods[i].path, path) == 0)
+            return &s->methods[i];
+    return NULL;
+}
+
+/* A new call arrived (or, without success, the server is shutting down). */
+static void on_request_done(gs_call_t *c, bool success)
+{
+    gs_server_t *s = c->srv;
+    s->pending_requests--;
+    if (!success) {
+        c->awaiting_reply = false;
+        call_maybe_release(c); /* gc is NULL: frees */
+        return;
+    }
+    if (s->state == GS_ST_RUNNING)
+        request_one(s);
+    call_list_add(s, c);
+    c->deadline = c->details.deadline;
+    c->method = strndup((const char *)GRPC_SLICE_START_PTR(c->details.method), GRPC_SLICE_LENGTH(c->details.method));
+    if (!c->method) {
+        log_error("%s: out of memory for a call's method name", s->name);
+        c->closed = true; /* nothing started: release at once */
+        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+        call_maybe_release(c);
+        return;
+    }
+
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    if (call_start(c, &op, 1, &c->t_close) != 0) {
+        c->closed = true;
+        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to track the call", NULL);
+        call_maybe_release(c);
+        return;
+    }
+
+    c->m = find_method(s, c->method);
+    if (!c->m) {
+        log_debug("%s: %s: unknown method, answering UNIMPLEMENTED", s->name, c->method);
+        char msg[512];
+        snprintf(msg, sizeof msg, "unknown method %s", c->method);
+        call_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg);
+        call_pump(c);
+    } else {
+        call_recv_next(c);
+    }
+    call_maybe_release(c);
+}
+
+static void on_recv_done(gs_call_t *c, bool success)
+{
+    c->ops--;
+    grpc_byte_buffer *bb = c->recv_bb;
+    c->recv_bb = NULL;
+    if (!success || c->closed || !c->gc) {
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+        call_maybe_release(c);
+        return;
+    }
+    if (!bb) {
+        /* the client half-closed without sending the request */
+        call_finish(c, GRPC_STATUS_INTERNAL, "request message missing");
+        call_pump(c);
+        call_maybe_release(c);
+        return;
+    }
+    grpc_byte_buffer_reader rd;
+    if (!grpc_byte_buffer_reader_init(&rd, bb)) {
+        grpc_byte_buffer_destroy(bb);
+        call_finish(c, GRPC_STATUS_INTERNAL, "request message cannot be decompressed");
+        call_pump(c);
+        call_maybe_release(c);
+        return;
+    }
+    grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    grpc_byte_buffer_destroy(bb);
+
+    size_t len = GRPC_SLICE_LENGTH(all);
+    const uint8_t *data = len ? GRPC_SLICE_START_PTR(all) : (const uint8_t *)"";
+    c->awaiting_reply = true;
+    /* The call object outlives the handler: its close batch is outstanding. */
+    c->m->unary(c, data, len, c->m->arg);
+    grpc_slice_unref(all);
+    call_maybe_release(c);
+}
+
+static void on_send_done(gs_call_t *c, bool success)
+{
+    c->ops--;
+    c->send_inflight = false;
+    if (c->send_bb) {
+        grpc_byte_buffer_destroy(c->send_bb);
+        c->send_bb = NULL;
+    }
+    if (success)
+        call_pump(c);
+    else
+        call_drop_outq(c);
+    call_maybe_release(c);
+}
+
+static void on_close_done(gs_call_t *c, bool success)
+{
+    c->ops--;
+    c->closed = true;
+    if (c->cancelled && c->srv)
+        log_debug("%s: %s: call cancelled before it finished", c->srv->name, c->method ? c->method : "?");
+    call_drop_outq(c);
+    call_maybe_release(c);
+}
+
+int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp, size_t len)
+{
+    if (!c)
+        return -EINVAL;
+    if (!c->awaiting_reply || c->replied)
+        return -EALREADY;
+    c->replied = true;
+    c->awaiting_reply = false;
+    if (!c->gc || c->closed || !c->srv) {
+        call_maybe_release(c);
+        return -ECANCELED;
+    }
+    int rc = 0;
+    if (status == GS_OK) {
+        gs_outmsg_t *m = calloc(1, sizeof *m);
+        if (!m) {
+            status = GS_RESOURCE_EXHAUSTED;
+            details = "server out of memory";
+        } else {
+            grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(resp ? resp : (const uint8_t *)""), len);
+            m->bb = grpc_raw_byte_buffer_create(&sl, 1);
+            grpc_slice_unref(sl);
+            if (c->outq_tail)
+                c->outq_tail->next = m;
+            else
+                c->outq = m;
+            c->outq_tail = m;
+        }
+    }
+    call_finish(c, (grpc_status_code)status, status == GS_OK ? NULL : details);
+    rc = call_pump(c);
+    call_maybe_release(c);
+    return rc;
+}
+
+const char *gs_call_method(const gs_call_t *c) { return c->method ? c->method : ""; }
+
+bool gs_call_cancelled(const gs_call_t *c)
+{
+    return !c->srv || !c->gc || c->cancelled || (c->closed && !c->finish_sent);
+}
+
+int64_t gs_call_remaining_ms(const gs_call_t *c)
+{
+    if (gpr_time_cmp(c->deadline, gpr_inf_future(c->deadline.clock_type)) == 0)
+        return -1;
+    gpr_timespec left = gpr_time_sub(c->deadline, gpr_now(c->deadline.clock_type));
+    int64_t ms = gpr_time_to_millis(left);
+    return ms < 0 ? 0 : ms;
+}
+
+void gs_call_peer(const gs_call_t *c, char *buf, size_t buflen)
+{
+    if (!buflen)
+        return;
+    if (!c->gc) {
+        snprintf(buf, buflen, "unknown");
+        return;
+    }
+    char *p = grpc_call_get_peer(c->gc);
+    const gs_server_t *s = c->srv;
+    char *end = NULL;
+    long fd = p && strncmp(p, "fd:", 3) == 0 ? strtol(p + 3, &end, 10) : -1;
+    if (s && fd >= 0 && end && !*end && (size_t)fd < s->n_peers && s->peers[fd][0])
+        snprintf(buf, buflen, "%s", s->peers[fd]);
+    else
+        snprintf(buf, buflen, "%s", p ? p : "unknown");
+    gpr_free(p);
+}
+
+/* Remember who connected on fd, in gRPC core's peer notation. */
+static void peer_remember(gs_server_t *s, int fd, const struct sockaddr *sa, int socklen)
+{
+    if (fd < 0)
+        return;
+    if ((size_t)fd >= s->n_peers) {
+        size_t n = s->n_peers ? s->n_peers : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        char(*arr)[GS_PEER_LEN] = realloc(s->peers, n * sizeof *arr);
+        if (!arr)
+            return; /* the call then reports gRPC core's "fd:N" */
+        memset(arr + s->n_peers, 0, (n - s->n_peers) * sizeof *arr);
+        s->peers = arr;
+        s->n_peers = n;
+    }
+    char *out = s->peers[fd];
+    char host[INET6_ADDRSTRLEN] = "";
+    if (sa && sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
+        snprintf(out, GS_PEER_LEN, "ipv4:%s:%u", host, ntohs(in->sin_port));
+    } else if (sa && sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+        snprintf(out, GS_PEER_LEN, "ipv6:[%s]:%u", host, ntohs(in6->sin6_port));
+    } else if (sa && sa->sa_family == AF_UNIX && socklen > (int)offsetof(struct sockaddr_un, sun_path)) {
+        const struct sockaddr_un *un = (const struct sockaddr_un *)sa;
+        snprintf(out, GS_PEER_LEN, "unix:%.*s", (int)(socklen - (int)offsetof(struct sockaddr_un, sun_path)),
+                 un->sun_path);
+    } else {
+        out[0] = '\0';
+    }
+}
+
+/* ---------------------------------------------------------- listeners */
+
+static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct sockaddr *sa, int socklen, void *arg)
+{
+    gs_listener_t *l = arg;
+    gs_server_t *s = l->srv;
+    if (s->state != GS_ST_RUNNING) {
+        close(fd);
+        return;
+    }
+    if (sa && (sa->sa_family == AF_INET || sa->sa_family == AF_INET6)) {
+        int one = 1;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
+            log_debug("%s: %s: TCP_NODELAY: %s", s->name, l->name, strerror(errno));
+    }
+    peer_remember(s, fd, sa, socklen);
+    /* gRPC core owns the connected socket from here on (it closes it). */
+    grpc_server_add_channel_from_fd(s->srv, fd, s->creds);
+}
+
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    gs_listener_t *l = arg;
+    int e = EVUTIL_SOCKET_ERROR();
+    log_warn("%s: accepting on listener %s failed: %s; pausing accepts for %d ms", l->srv->name, l->name,
+             evutil_socket_error_to_string(e), GS_ACCEPT_PAUSE_MS);
+    evconnlistener_disable(lev);
+    struct timeval tv = {0, GS_ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(l->resume, &tv);
+}
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    gs_listener_t *l = arg;
+    if (l->lev && l->srv->state == GS_ST_RUNNING)
+        evconnlistener_enable(l->lev);
+}
+
+/* Stop accepting everywhere; the listening fds stay open for their owner. */
+static void listeners_close(gs_server_t *s)
+{
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        gs_listener_t *l = s->listeners[i];
+        if (l->lev) {
+            evconnlistener_free(l->lev);
+            l->lev = NULL;
+        }
+        if (l->resume)
+            evtimer_del(l->resume);
+    }
+}
+
+int gs_server_add_listener(gs_server_t *s, int fd, const char *name, char *err, size_t errlen)
+{
+    const char *lname = name ? name : "?";
+    if (s->state != GS_ST_NEW) {
+        snprintf(err, errlen, "listener %s: server already started", lname);
+        return -EINVAL;
+    }
+    int acc = 0;
+    socklen_t sl = sizeof acc;
+    if (fd < 0 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &acc, &sl) < 0 || !acc) {
+        snprintf(err, errlen, "listener %s: fd %d is not a listening socket", lname, fd);
+        return -EINVAL;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int e = errno;
+        snprintf(err, errlen, "listener %s: fd %d: cannot make it non-blocking: %s", lname, fd, strerror(e));
+        return -e;
+    }
+    gs_listener_t **arr = realloc(s->listeners, (s->n_listeners + 1) * sizeof *arr);
+    if (!arr) {
+        snprintf(err, errlen, "listener %s: out of memory", lname);
+        return -ENOMEM;
+    }
+    s->listeners = arr;
+    gs_listener_t *l = calloc(1, sizeof *l);
+    if (!l || !(l->name = strdup(lname))) {
+        free(l);
+        snprintf(err, errlen, "listener %s: out of memory", lname);
+        return -ENOMEM;
+    }
+    l->srv = s;
+    l->fd = fd;
+    /* backlog 0: the socket already listens; no LEV_OPT_CLOSE_ON_FREE: the fd is not ours */
+    l->lev = evconnlistener_new(s->base, on_accept, l, LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED, 0, fd);
+    l->resume = evtimer_new(s->base, on_accept_resume, l);
+    if (!l->lev || !l->resume) {
+        if (l->lev)
+            evconnlistener_free(l->lev);
+        if (l->resume)
+            event_free(l->resume);
+        free(l->name);
+        free(l);
+        snprintf(err, errlen, "listener %s: fd %d: libevent cannot listen on it", lname, fd);
+        return -EIO;
+    }
+    evconnlistener_set_error_cb(l->lev, on_accept_error);
+    s->listeners[s->n_listeners++] = l;
+    return 0;
+}
+
+/* -------------------------------------------------------------- server */
+
+int gs_server_add_unary(gs_server_t *s, const char *method, gs_unary_fn fn, void *arg, char *err, size_t errlen)
+{
+    if (!method || method[0] != '/' || !strchr(method + 1, '/') || !fn) {
+        snprintf(err, errlen, "method '%s': expected a path \"/package.Service/Method\" and a handler",
+                 method ? method : "(null)");
+        return -EINVAL;
+    }
+    if (s->state != GS_ST_NEW) {
+        snprintf(err, errlen, "method %s: server already started", method);
+        return -EINVAL;
+    }
+    if (find_method(s, method)) {
+        snprintf(err, errlen, "method %s: registered twice", method);
+        return -EINVAL;
+    }
+    gs_method_t *arr = realloc(s->methods, (s->n_methods + 1) * sizeof *arr);
+    if (!arr) {
+        snprintf(err, errlen, "method %s: out of memory", method);
+        return -ENOMEM;
+    }
+    s->methods = arr;
+    char *p = strdup(method);
+    if (!p) {
+        snprintf(err, errlen, "method %s: out of memory", method);
+        return -ENOMEM;
+    }
+    s->methods[s->n_methods++] = (gs_method_t){.path = p, .unary = fn, .arg = arg};
+    return 0;
+}
+
+static void on_teardown(evutil_socket_t fd, short what, void *arg);
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg);
+
+gs_server_t *gs_server_new(struct event_base *base, const gs_options_t *opt, char *err, size_t errlen)
+{
+    gs_server_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    s->base = base;
+    s->efd = -1;
+    snprintf(s->name, sizeof s->name, "%s", opt && opt->name ? opt->name : "grpc");
+    pthread_mutex_init(&s->mu, NULL);
+    s->t_shutdown = (gs_tag_t){.kind = TAG_SHUTDOWN, .owner = s};
+
+    s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (s->efd < 0) {
+        snprintf(err, errlen, "%s: eventfd: %s", s->name, strerror(errno));
+        goto fail;
+    }
+    s->ev_wake = event_new(base, s->efd, EV_READ | EV_PERSIST, on_wake, s);
+    s->ev_drain_timer = evtimer_new(base, on_drain_timeout, s);
+    s->ev_teardown = event_new(base, -1, 0, on_teardown, s);
+    if (!s->ev_wake || !s->ev_drain_timer || !s->ev_teardown || event_add(s->ev_wake, NULL) < 0) {
+        snprintf(err, errlen, "%s: cannot create libevent events", s->name);
+        goto fail;
+    }
+
+    gpr_set_log_function(grpc_log_bridge);
+    grpc_init();
+    s->grpc_inited = true;
+
+    uint32_t maxmsg = opt && opt->max_message_bytes ? opt->max_message_bytes : GS_DEFAULT_MAX_MESSAGE;
+    if (maxmsg > INT32_MAX)
+        maxmsg = INT32_MAX;
+    grpc_arg args[2];
+    memset(args, 0, sizeof args);
+    args[0].type = GRPC_ARG_INTEGER;
+    args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+    args[0].value.integer = (int)maxmsg;
+    args[1].type = GRPC_ARG_INTEGER;
+    args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+    args[1].value.integer = (int)maxmsg;
+    grpc_channel_args ca = {.num_args = 2, .args = args};
+
+    s->cq = grpc_completion_queue_create_for_next(NULL);
+    s->srv = grpc_server_create(&ca, NULL);
+    s->creds = grpc_insecure_server_credentials_create();
+    if (!s->cq || !s->srv || !s->creds) {
+        snprintf(err, errlen, "%s: gRPC core cannot create a server", s->name);
+        goto fail;
+    }
+    grpc_server_register_completion_queue(s->srv, s->cq, NULL);
+    return s;
+fail:
+    gs_server_free(s);
+    return NULL;
+}
+
+int gs_server_start(gs_server_t *s, char *err, size_t errlen)
+{
+    if (s->state != GS_ST_NEW) {
+        snprintf(err, errlen, "%s: already started", s->name);
+        return -EINVAL;
+    }
+    /* The thread must not take the process's signals: block them while it
+     * is created (it inherits the mask), then restore ours. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    int e = pthread_create(&s->thread, NULL, cq_thread, s);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (e != 0) {
+        snprintf(err, errlen, "%s: cannot start the completion-queue thread: %s", s->name, strerror(e));
+        return -e;
+    }
+    s->thread_started = true;
+    grpc_server_start(s->srv);
+    s->state = GS_ST_RUNNING;
+    for (int i = 0; i < GS_PENDING_REQUESTS; i++) {
+        if (request_one(s) != 0) {
+            snprintf(err, errlen, "%s: gRPC core does not accept call requests", s->name);
+            return -EIO;
+        }
+    }
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        if (evconnlistener_enable(s->listeners[i]->lev) < 0) {
+            snprintf(err, errlen, "%s: listener %s: cannot start accepting", s->name, s->listeners[i]->name);
+            return -EIO;
+        }
+    }
+    log_info("%s: serving gRPC on %zu listener%s, %zu method%s", s->name, s->n_listeners,
+             s->n_listeners == 1 ? "" : "s", s->n_methods, s->n_methods == 1 ? "" : "s");
+    return 0;
+}
+
+/* Destroy gRPC core's objects in the order it requires. Runs on the event
+ * loop thread, after the shutdown tag (or for a server never started). */
+static void teardown(gs_server_t *s)
+{
+    if (s->ev_drain_timer)
+        evtimer_del(s->ev_drain_timer);
+    listeners_close(s);
+    if (s->srv) {
+        grpc_server_destroy(s->srv);
+        s->srv = NULL;
+    }
+    if (s->cq) {
+        grpc_completion_queue_shutdown(s->cq);
+        if (s->thread_started) {
+            pthread_join(s->thread, NULL);
+            s->thread_started = false;
+        } else {
+            while (grpc_completion_queue_next(s->cq, gpr_inf_future(GPR_CLOCK_MONOTONIC), NULL).type !=
+                   GRPC_QUEUE_SHUTDOWN)
+                ;
+        }
+        /* completions queued before the thread saw the queue shut down */
+        process_completions(s);
+        grpc_completion_queue_destroy(s->cq);
+        s->cq = NULL;
+    }
+    if (s->creds) {
+        grpc_server_credentials_release(s->creds);
+        s->creds = NULL;
+    }
+    if (s->grpc_inited) {
+        grpc_shutdown();
+        s->grpc_inited = false;
+    }
+    s->state = GS_ST_STOPPED;
+}
+
+static void on_shutdown_done(gs_server_t *s)
+{
+    s->shutdown_done = true;
+    /* Tear down outside the completion loop that delivered this tag. */
+    event_active(s->ev_teardown, EV_TIMEOUT, 0);
+}
+
+static void on_teardown(evutil_socket_t fd, short what, void *arg)
+{
+    gs_server_t *s = arg;
+    if (s->state == GS_ST_STOPPED)
+        return;
+    teardown(s);
+    log_info("%s: gRPC server stopped%s", s->name, s->cancelled_all ? " (calls cancelled at the drain bound)" : "");
+    if (s->drained)
+        s->drained(s, !s->cancelled_all, s->drained_arg);
+}
+
+static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
+{
+    gs_server_t *s = arg;
+    if (s->shutdown_done || !s->srv)
+        return;
+    log_warn("%s: drain bound of %d ms reached; cancelling %zu call%s still running", s->name, s->drain_timeout_ms,
+             s->n_calls, s->n_calls == 1 ? "" : "s");
+    s->cancelled_all = true;
+    grpc_server_cancel_all_calls(s->srv);
+}
+
+void gs_server_drain(gs_server_t *s, int timeout_ms, gs_drained_fn done, void *arg)
+{
+    if (s->state == GS_ST_DRAINING || s->state == GS_ST_STOPPED)
+        return;
+    s->drained = done;
+    s->drained_arg = arg;
+    s->drain_timeout_ms = timeout_ms < 0 ? 0 : timeout_ms;
+    if (s->state == GS_ST_NEW) {
+        s->state = GS_ST_DRAINING;
+        event_active(s->ev_teardown, EV_TIMEOUT, 0);
+        return;
+    }
+    s->state = GS_ST_DRAINING;
+    listeners_close(s);
+    log_info("%s: draining: no new connections, %zu call%s in flight", s->name, s->n_calls,
+             s->n_calls == 1 ? "" : "s");
+    grpc_server_shutdown_and_notify(s->srv, s->cq, &s->t_shutdown);
+    s->shutdown_called = true;
+    struct timeval tv = {s->drain_timeout_ms / 1000, (s->drain_timeout_ms % 1000) * 1000};
+    evtimer_add(s->ev_drain_timer, &tv);
+}
+
+bool gs_server_stopped(const gs_server_t *s) { return s->state == GS_ST_STOPPED; }
+
+size_t gs_server_active_calls(const gs_server_t *s) { return s->n_calls; }
+
+/* Stop a running server synchronously: cancel everything and pump
+ * completions here until gRPC core confirms, within GS_FREE_WAIT_MS.
+ * Returns false when it did not confirm (the server is then leaked). */
+static bool stop_now(gs_server_t *s)
+{
+    listeners_close(s);
+    if (!s->shutdown_called) {
+        grpc_server_shutdown_and_notify(s->srv, s->cq, &s->t_shutdown);
+        s->shutdown_called = true;
+    }
+    if (!s->shutdown_done) {
+        s->cancelled_all = true;
+        grpc_server_cancel_all_calls(s->srv);
+    }
+    for (int waited = 0; !s->shutdown_done && waited < GS_FREE_WAIT_MS; waited += 50) {
+        struct pollfd pfd = {.fd = s->efd, .events = POLLIN};
+        poll(&pfd, 1, 50);
+        process_completions(s);
+    }
+    return s->shutdown_done;
+}
+
+void gs_server_free(gs_server_t *s)
+{
+    if (!s)
+        return;
+    if (s->state == GS_ST_RUNNING || (s->state == GS_ST_DRAINING && s->srv && s->shutdown_called)) {
+        if (!stop_now(s)) {
+            log_error("%s: gRPC core did not finish shutting down within %d ms; leaving it allocated", s->name,
+                      GS_FREE_WAIT_MS);
+            return;
+        }
+        teardown(s);
+    } else if (s->state != GS_ST_STOPPED) {
+        teardown(s); /* never started: nothing to wait for */
+    }
+    /* Calls whose handlers still owe a reply outlive the server. */
+    while (s->calls) {
+        gs_call_t *c = s->calls;
+        call_list_remove(s, c);
+        c->srv = NULL;
+    }
+    for (size_t i = 0; i < s->n_listeners; i++) {
+        if (s->listeners[i]->resume)
+            event_free(s->listeners[i]->resume);
+        free(s->listeners[i]->name);
+        free(s->listeners[i]);
+    }
+    free(s->listeners);
+    for (size_t i = 0; i < s->n_methods; i++)
+        free(s->methods[i].path);
+    free(s->methods);
+    free(s->peers);
+    if (s->ev_wake)
+        event_free(s->ev_wake);
+    if (s->ev_drain_timer)
+        event_free(s->ev_drain_timer);
+    if (s->ev_teardown)
+        event_free(s->ev_teardown);
+    if (s->efd >= 0)
+        close(s->efd);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}

@@ -1,0 +1,141 @@
+/*
+ * grpc_server.h: Lodestar's one wrapper around gRPC core.
+ *
+ * Every grpc_* call a gateway makes goes through this module, so a gRPC
+ * upgrade touches grpc_server.c only. Rules it keeps:
+ *
+ *  - gRPC core is initialised here (gs_server_new) and shut down here
+ *    (when the server is torn down), only in the gateway process that
+ *    serves gRPC, never before a fork.
+ *  - One grpc_server and one completion queue per gs_server_t. A private
+ *    thread waits on the completion queue and hands every completion to the
+ *    libevent thread through a mutex-protected list and an eventfd; every
+ *    call state machine and every handler runs on the libevent thread, so
+ *    handlers never need locks and may use IPC clients directly.
+ *  - Listening sockets belong to the caller (the supervisor, in a gateway):
+ *    the server accepts on them with libevent and hands each connected
+ *    socket to gRPC core. The listening fds are never closed here.
+ *  - Methods are registered by full path ("/grpc.health.v1.Health/Check")
+ *    before gs_server_start. A call to any other path is answered
+ *    UNIMPLEMENTED.
+ *
+ * Calls. A handler receives a gs_call_t and answers it exactly once with
+ * gs_reply(), at once or later from another callback. The call object stays
+ * valid until that reply, even when the client cancelled or the deadline
+ * passed meanwhile (gs_call_cancelled() tells; the reply is then dropped).
+ * The call object is the unit a streaming API will build on: it already
+ * carries an outgoing message queue, an incoming-message step and a separate
+ * final-status step internally.
+ *
+ * Drain. gs_server_drain() stops accepting connections, asks gRPC core for
+ * a graceful shutdown (GOAWAY; running calls continue), cancels every call
+ * still running when the bound expires, then tears the server down
+ * (grpc_server_destroy, completion queue shutdown, grpc_shutdown) and calls
+ * the done callback.
+ */
+#ifndef LODESTAR_GRPC_SERVER_H
+#define LODESTAR_GRPC_SERVER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+
+/* gRPC status codes; the numbers are the wire protocol's. */
+enum gs_status {
+    GS_OK = 0,
+    GS_CANCELLED = 1,
+    GS_UNKNOWN = 2,
+    GS_INVALID_ARGUMENT = 3,
+    GS_DEADLINE_EXCEEDED = 4,
+    GS_NOT_FOUND = 5,
+    GS_ALREADY_EXISTS = 6,
+    GS_PERMISSION_DENIED = 7,
+    GS_RESOURCE_EXHAUSTED = 8,
+    GS_FAILED_PRECONDITION = 9,
+    GS_ABORTED = 10,
+    GS_OUT_OF_RANGE = 11,
+    GS_UNIMPLEMENTED = 12,
+    GS_INTERNAL = 13,
+    GS_UNAVAILABLE = 14,
+    GS_DATA_LOSS = 15,
+    GS_UNAUTHENTICATED = 16,
+};
+
+typedef struct gs_server gs_server_t;
+typedef struct gs_call gs_call_t;
+
+/* A unary request arrived. `req` (len bytes, the serialized message) is
+ * valid only during this callback. Answer with gs_reply(call, ...) now or
+ * later, exactly once. */
+typedef void (*gs_unary_fn)(gs_call_t *call, const uint8_t *req, size_t len, void *arg);
+
+/* The drain finished; the server is torn down (gs_server_free still needed).
+ * `clean` is false when calls had to be cancelled at the bound. */
+typedef void (*gs_drained_fn)(gs_server_t *s, bool clean, void *arg);
+
+typedef struct gs_options {
+    const char *name;           /* label in logs, e.g. "polaris-grpc" */
+    uint32_t max_message_bytes; /* largest message received or sent; 0 = 4 MiB */
+} gs_options_t;
+
+/* Initialise gRPC core and create an unstarted server on `base`.
+ * Returns NULL with a reason in err on failure. */
+gs_server_t *gs_server_new(struct event_base *base, const gs_options_t *opt, char *err, size_t errlen);
+
+/* Register a unary method by full path ("/package.Service/Method").
+ * Only before gs_server_start. 0, or -EINVAL (bad path, duplicate, started). */
+int gs_server_add_unary(gs_server_t *s, const char *method, gs_unary_fn fn, void *arg, char *err,
+                        size_t errlen);
+
+/* Serve connections accepted on a listening socket the caller owns (it is
+ * made non-blocking, never closed here). `name` labels it in logs. Only
+ * before gs_server_start. 0, or negative errno with a reason in err. */
+int gs_server_add_listener(gs_server_t *s, int listen_fd, const char *name, char *err, size_t errlen);
+
+/* Start gRPC core, its completion-queue thread, and accepting.
+ * 0, or negative errno with a reason in err. */
+int gs_server_start(gs_server_t *s, char *err, size_t errlen);
+
+/* Graceful stop, see the file comment. `timeout_ms` bounds how long running
+ * calls may take before they are cancelled. `done` runs once, from the event
+ * loop (never inside this call). Calling it again has no effect. */
+void gs_server_drain(gs_server_t *s, int timeout_ms, gs_drained_fn done, void *arg);
+
+/* True once the drain completed (or the server was never started). */
+bool gs_server_stopped(const gs_server_t *s);
+
+/* Calls accepted and not yet finished (including ones awaiting a reply). */
+size_t gs_server_active_calls(const gs_server_t *s);
+
+/* Free the server. If it is still running it is shut down at once (calls
+ * cancelled, bounded wait for gRPC core). Calls whose handlers have not
+ * replied yet stay valid until their gs_reply, which then only frees them. */
+void gs_server_free(gs_server_t *s);
+
+/* Answer a call: status GS_OK with the serialized response (len may be 0),
+ * or an error status with optional details (resp is then ignored).
+ * Returns 0; -ECANCELED when the call was already cancelled (the reply is
+ * dropped, the call is freed all the same); -EALREADY on a second reply
+ * (the call is not touched); -EIO when gRPC core refused the batch. */
+int gs_reply(gs_call_t *call, int status, const char *details, const uint8_t *resp, size_t len);
+
+/* Full method path of the call. */
+const char *gs_call_method(const gs_call_t *call);
+/* True when the client cancelled, the deadline passed, or the server shut
+ * down before the reply went out. */
+bool gs_call_cancelled(const gs_call_t *call);
+/* Milliseconds until the client's deadline (0 when already passed), or -1
+ * when the client set none. */
+int64_t gs_call_remaining_ms(const gs_call_t *call);
+/* The client's address in gRPC core's notation ("ipv4:127.0.0.1:5555",
+ * "ipv6:[::1]:5555"), copied into buf; "unknown" once the call is over.
+ * gRPC core only knows connections handed over by fd as "fd:N", so the
+ * address is taken from what accept() reported for that fd. */
+void gs_call_peer(const gs_call_t *call, char *buf, size_t buflen);
+
+/* Human-readable name of a status code ("UNIMPLEMENTED"). */
+const char *gs_status_name(int status);
+
+#endif

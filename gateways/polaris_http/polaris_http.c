@@ -1,0 +1,423 @@
+/*
+ * polaris_http.c: the polaris-http gateway role. One evhttp server serves
+ * every enabled listener whose protocol is polaris-http (by default 8090),
+ * on the listening sockets the supervisor passed in. For now it answers
+ * GET /healthz through the liveness chain (gw_check_workers).
+ *
+ * Rules kept here:
+ *  - the listening fds belong to the supervisor: evhttp gets them through
+ *    evconnlistener without LEV_OPT_CLOSE_ON_FREE, so freeing the bound
+ *    socket stops accepting but never closes the fd;
+ *  - every answer is JSON, including 404 and 405;
+ *  - request bodies and headers are bounded (PH_MAX_BODY, PH_MAX_HEADERS);
+ *  - drain: stop accepting; keep reading for PH_DRAIN_SETTLE_MS so that a
+ *    request already on its way on a connection accepted just before is
+ *    answered rather than cut off; let requests waiting on workers finish
+ *    (their answers carry "Connection: close"); at the gateway's drain bound
+ *    (gw_drain_bound_ms) the worker clients are freed, which answers every
+ *    check still waiting as failed, so each client gets a 503 instead of a
+ *    reset; wait for the answers to be written out (bounded by
+ *    PH_FLUSH_BOUND_MS), then child_drained().
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/listener.h>
+#include <jansson.h>
+
+#include "child.h"
+#include "common/gateway.h"
+#include "common/roles.h"
+#include "log.h"
+
+#define PH_ROLE "polaris-http"
+#define PH_MAX_BODY (1024 * 1024)
+#define PH_MAX_HEADERS (16 * 1024)
+#define PH_IDLE_TIMEOUT_S 60
+#define PH_FLUSH_BOUND_MS 1000
+/* After the listeners stop, requests may still be on their way on
+ * connections accepted just before: keep reading for this long. */
+#define PH_DRAIN_SETTLE_MS 300
+
+typedef struct ph_state {
+    child_t *c;
+    gw_t *gw; /* NULL once freed at the drain bound */
+    struct evhttp *http;
+    struct evhttp_bound_socket **bound;
+    size_t n_bound;
+    size_t waiting;  /* requests waiting for the workers' answers */
+    size_t flushing; /* answers handed to evhttp, not yet written out */
+    bool draining;
+    bool settled;    /* the settle period after the drain began has passed */
+    bool drained;
+    struct event *flush_timer;
+    struct event *drain_bound_timer;
+    struct event *settle_timer;
+} ph_state_t;
+
+typedef void (*ph_handler_fn)(ph_state_t *st, struct evhttp_request *req);
+
+typedef struct ph_route {
+    const char *path;
+    int methods; /* EVHTTP_REQ_* mask */
+    const char *allow;
+    ph_handler_fn fn;
+} ph_route_t;
+
+static void ph_healthz(ph_state_t *st, struct evhttp_request *req);
+
+static const ph_route_t ph_routes[] = {
+    {"/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD", ph_healthz},
+};
+
+static const char *ph_method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "?";
+}
+
+/* ------------------------------------------------------------- drain */
+
+static void ph_finish_drain(ph_state_t *st, const char *how)
+{
+    if (st->drained)
+        return;
+    st->drained = true;
+    log_info("drain: %s", how);
+    child_drained(st->c);
+}
+
+static void ph_on_flush_bound(evutil_socket_t fd, short what, void *arg)
+{
+    ph_state_t *st = arg;
+    ph_finish_drain(st, "answers not confirmed written within the flush bound");
+}
+
+static void ph_maybe_drained(ph_state_t *st);
+
+static void ph_on_settled(evutil_socket_t fd, short what, void *arg)
+{
+    ph_state_t *st = arg;
+    st->settled = true;
+    ph_maybe_drained(st);
+}
+
+/* Requests still waiting on workers at the drain bound are answered now
+ * (503, the silent workers marked "gateway stopping") rather than cut off. */
+static void ph_on_drain_bound(evutil_socket_t fd, short what, void *arg)
+{
+    ph_state_t *st = arg;
+    if (!st->waiting || !st->gw)
+        return;
+    log_warn("drain: bound reached; answering %zu request%s still waiting on workers", st->waiting,
+             st->waiting == 1 ? "" : "s");
+    gw_t *gw = st->gw;
+    st->gw = NULL;
+    gw_free(gw);
+}
+
+/* Leave once nothing waits on workers and every answer is written out. */
+static void ph_maybe_drained(ph_state_t *st)
+{
+    if (!st->draining || st->drained || !st->settled || st->waiting)
+        return;
+    if (st->flushing == 0) {
+        ph_finish_drain(st, "every request answered");
+        return;
+    }
+    if (!evtimer_pending(st->flush_timer, NULL)) {
+        struct timeval tv = {PH_FLUSH_BOUND_MS / 1000, (PH_FLUSH_BOUND_MS % 1000) * 1000};
+        evtimer_add(st->flush_timer, &tv);
+    }
+}
+
+/* ----------------------------------------------------------- replies */
+
+static void ph_on_complete(struct evhttp_request *req, void *arg)
+{
+    ph_state_t *st = arg;
+    if (st->flushing)
+        st->flushing--;
+    ph_maybe_drained(st);
+}
+
+/* Send `body` (reference stolen) as the JSON answer. */
+static void ph_reply_json(ph_state_t *st, struct evhttp_request *req, int code, const char *reason, json_t *body)
+{
+    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+    evhttp_add_header(h, "Content-Type", "application/json");
+    evhttp_add_header(h, "Cache-Control", "no-store");
+    if (st->draining)
+        evhttp_add_header(h, "Connection", "close");
+    struct evbuffer *buf = evbuffer_new();
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text && buf) {
+        evbuffer_add(buf, text, strlen(text));
+        evbuffer_add(buf, "\n", 1);
+    } else {
+        code = 500;
+        reason = "Internal Server Error";
+    }
+    free(text);
+    /* A request whose client already left has no connection: evhttp frees
+     * it on send and never reports completion. */
+    if (evhttp_request_get_connection(req)) {
+        st->flushing++;
+        evhttp_request_set_on_complete_cb(req, ph_on_complete, st);
+    }
+    evhttp_send_reply(req, code, reason, buf);
+    if (buf)
+        evbuffer_free(buf);
+}
+
+static json_t *ph_error_body(const char *error, const char *method, const char *path)
+{
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    json_object_set_new(o, "error", json_string(error));
+    if (method)
+        json_object_set_new(o, "method", json_string(method));
+    if (path) {
+        json_t *p = json_string(path); /* NULL when the path is not UTF-8 */
+        if (p)
+            json_object_set_new(o, "path", p);
+    }
+    return o;
+}
+
+/* ----------------------------------------------------------- healthz */
+
+typedef struct ph_pending {
+    ph_state_t *st;
+    struct evhttp_request *req;
+} ph_pending_t;
+
+static void ph_on_health(const gw_health_t *h, void *arg)
+{
+    ph_pending_t *p = arg;
+    ph_state_t *st = p->st;
+    json_t *workers = json_object();
+    for (size_t i = 0; workers && i < h->n_workers; i++) {
+        const gw_worker_status_t *w = &h->workers[i];
+        json_t *o = json_object();
+        if (!o)
+            continue;
+        json_object_set_new(o, "ok", json_boolean(w->ok));
+        json_object_set_new(o, "store_ok", json_boolean(w->store_ok));
+        if (w->ok && w->store_ok)
+            json_object_set_new(o, "store_rtt_us", json_integer((json_int_t)w->store_rtt_us));
+        else
+            json_object_set_new(o, "reason", json_string(w->detail[0] ? w->detail : "unknown"));
+        json_object_set_new(workers, w->role, o);
+    }
+    json_t *body = json_object();
+    if (body) {
+        json_object_set_new(body, "status", json_string(h->healthy ? "ok" : "unavailable"));
+        json_object_set_new(body, "workers", workers);
+    } else {
+        json_decref(workers);
+    }
+    st->waiting--;
+    ph_reply_json(st, p->req, h->healthy ? 200 : 503, h->healthy ? "OK" : "Service Unavailable", body);
+    free(p);
+    ph_maybe_drained(st);
+}
+
+static void ph_healthz(ph_state_t *st, struct evhttp_request *req)
+{
+    int rc = -ESHUTDOWN; /* the worker clients are gone once the drain bound passed */
+    if (st->gw) {
+        ph_pending_t *p = malloc(sizeof *p);
+        rc = -ENOMEM;
+        if (p) {
+            *p = (ph_pending_t){.st = st, .req = req};
+            st->waiting++;
+            rc = gw_check_workers(st->gw, ph_on_health, p);
+            if (rc < 0) {
+                st->waiting--;
+                free(p);
+            }
+        }
+    }
+    if (rc < 0) {
+        json_t *b = ph_error_body(rc == -ESHUTDOWN ? "gateway stopping" : "cannot check the workers", NULL, NULL);
+        if (b)
+            json_object_set_new(b, "status", json_string("unavailable"));
+        ph_reply_json(st, req, 503, "Service Unavailable", b);
+    }
+}
+
+/* ------------------------------------------------------------ router */
+
+static void ph_on_request(struct evhttp_request *req, void *arg)
+{
+    ph_state_t *st = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    if (!path || !*path)
+        path = "/";
+    enum evhttp_cmd_type m = evhttp_request_get_command(req);
+    for (size_t i = 0; i < sizeof ph_routes / sizeof ph_routes[0]; i++) {
+        const ph_route_t *r = &ph_routes[i];
+        if (strcmp(r->path, path) != 0)
+            continue;
+        if (!(r->methods & (int)m)) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", r->allow);
+            ph_reply_json(st, req, 405, "Method Not Allowed",
+                          ph_error_body("method not allowed", ph_method_name(m), path));
+            return;
+        }
+        r->fn(st, req);
+        return;
+    }
+    ph_reply_json(st, req, 404, "Not Found", ph_error_body("not found", NULL, path));
+}
+
+/* ------------------------------------------------------------- role */
+
+static int ph_init(child_t *c)
+{
+    ph_state_t *st = calloc(1, sizeof *st);
+    if (!st) {
+        log_error("out of memory");
+        return -1;
+    }
+    st->c = c;
+    c->state = st;
+    char err[512] = "";
+
+    st->gw = gw_new(c->base, c->cfg, PH_ROLE, err, sizeof err);
+    if (!st->gw) {
+        log_error("cannot set up the worker clients: %s", err);
+        return -1;
+    }
+    st->http = evhttp_new(c->base);
+    st->flush_timer = evtimer_new(c->base, ph_on_flush_bound, st);
+    st->drain_bound_timer = evtimer_new(c->base, ph_on_drain_bound, st);
+    st->settle_timer = evtimer_new(c->base, ph_on_settled, st);
+    if (!st->http || !st->flush_timer || !st->drain_bound_timer || !st->settle_timer) {
+        log_error("cannot create the HTTP server");
+        return -1;
+    }
+    evhttp_set_max_body_size(st->http, PH_MAX_BODY);
+    evhttp_set_max_headers_size(st->http, PH_MAX_HEADERS);
+    evhttp_set_timeout(st->http, PH_IDLE_TIMEOUT_S);
+    /* Let every common method reach the router, which answers 405 itself. */
+    evhttp_set_allowed_methods(st->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
+                                             EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    evhttp_set_gencb(st->http, ph_on_request, st);
+
+    for (size_t i = 0; i < c->cfg->n_listeners; i++) {
+        const cfg_listener_t *l = &c->cfg->listeners[i];
+        if (!l->enabled || strcmp(l->protocol, PH_ROLE) != 0)
+            continue;
+        int fd = child_listen_fd(c, l->name);
+        if (fd < 0) {
+            log_error("listener %s (%s:%d): no inherited socket of that name (LODESTAR_LISTEN_FDS)", l->name,
+                      l->address, l->port);
+            return -1;
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+            log_error("listener %s: fd %d: cannot make it non-blocking: %s", l->name, fd, strerror(errno));
+            return -1;
+        }
+        /* backlog 0: already listening; no LEV_OPT_CLOSE_ON_FREE: the fd is the supervisor's */
+        struct evconnlistener *lev = evconnlistener_new(c->base, NULL, NULL, LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+        struct evhttp_bound_socket **arr = realloc(st->bound, (st->n_bound + 1) * sizeof *arr);
+        if (arr)
+            st->bound = arr;
+        struct evhttp_bound_socket *b = lev && arr ? evhttp_bind_listener(st->http, lev) : NULL;
+        if (!b) {
+            if (lev)
+                evconnlistener_free(lev);
+            log_error("listener %s (%s:%d): cannot serve HTTP on fd %d", l->name, l->address, l->port, fd);
+            return -1;
+        }
+        st->bound[st->n_bound++] = b;
+        log_info("listener %s: HTTP on %s:%d", l->name, l->address, l->port);
+    }
+    if (st->n_bound == 0) {
+        log_error("no enabled listener has protocol %s: nothing to serve", PH_ROLE);
+        return -1;
+    }
+    child_ready(c);
+    return 0;
+}
+
+static void ph_drain(child_t *c)
+{
+    ph_state_t *st = c->state;
+    st->draining = true;
+    /* Frees each listener (not its fd): new connections wait in the
+     * supervisor's backlog for the next gateway process. */
+    for (size_t i = 0; i < st->n_bound; i++)
+        evhttp_del_accept_socket(st->http, st->bound[i]);
+    st->n_bound = 0;
+    log_info("drain: stopped accepting; %zu request%s waiting on workers", st->waiting,
+             st->waiting == 1 ? "" : "s");
+    int bound = gw_drain_bound_ms(c->cfg);
+    struct timeval tv = {bound / 1000, (bound % 1000) * 1000};
+    evtimer_add(st->drain_bound_timer, &tv);
+    int settle = bound < PH_DRAIN_SETTLE_MS ? bound / 2 : PH_DRAIN_SETTLE_MS;
+    struct timeval ts = {settle / 1000, (settle % 1000) * 1000};
+    evtimer_add(st->settle_timer, &ts);
+}
+
+static void ph_fini(child_t *c)
+{
+    ph_state_t *st = c->state;
+    if (!st)
+        return;
+    /* Worker clients first: checks still waiting answer their requests
+     * while evhttp still owns them. */
+    gw_free(st->gw);
+    if (st->http)
+        evhttp_free(st->http);
+    if (st->flush_timer)
+        event_free(st->flush_timer);
+    if (st->drain_bound_timer)
+        event_free(st->drain_bound_timer);
+    if (st->settle_timer)
+        event_free(st->settle_timer);
+    free(st->bound);
+    free(st);
+    c->state = NULL;
+}
+
+static bool ph_healthy(child_t *c, char *why, size_t whylen)
+{
+    ph_state_t *st = c->state;
+    if (!st || !st->gw) {
+        snprintf(why, whylen, st ? "draining" : "not initialised");
+        return false;
+    }
+    return gw_healthy(st->gw, why, whylen);
+}
+
+const child_role_t polaris_http_role = {
+    .name = PH_ROLE,
+    .title = "polaris-http gateway",
+    .init = ph_init,
+    .drain = ph_drain,
+    .fini = ph_fini,
+    .healthy = ph_healthy,
+};
