@@ -393,7 +393,9 @@ void sup_proc_exited(sup_t *s, proc_t *p, int st)
         p->backoff_ms = sc->restart_backoff_initial_ms;
         p->n_crashes = 0;
     }
-    if (clean && uptime >= 1000 && p->kind != PK_STORE) {
+    /* A child exits 0 only after a drain it was asked for (SIGTERM or SIGHUP
+     * to its own pid): an operator's restart, not a crash. */
+    if (clean && p->kind != PK_STORE) {
         log_notice("%s (pid %d) exited normally after %llu ms (restart requested); restarting now", p->title,
                    (int)old_pid, (unsigned long long)uptime);
         schedule_start(s, p, 0);

@@ -328,10 +328,30 @@ static void rm_rf(const char *path)
     rmdir(path);
 }
 
+/* Every process of the instance logs into t->log (stderr included, so
+ * sanitizer reports land there too). A clean run has no sanitizer report
+ * and no process that ended its stop with a failure. */
+static void assert_clean_log(const lstest_t *t)
+{
+    static const char *const bad[] = {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                                      "stopped: exit 1", "stopped: exit 2", "stopped: exit 23", "stopped: signal",
+                                      "exited unexpectedly (exit"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (lstest_file_contains(t->log, bad[i])) {
+            char cmd[700];
+            snprintf(cmd, sizeof cmd, "grep -n -B2 -A20 '%s' %s | head -60 >&2", bad[i], t->log);
+            int rc = system(cmd);
+            (void)rc;
+            cr_assert_fail("'%s' in %s (excerpt above)", bad[i], t->log);
+        }
+}
+
 void lstest_cleanup(lstest_t *t)
 {
     if (t->pid)
         lstest_stop(t, 10000);
+    if (t->log[0])
+        assert_clean_log(t);
     if (t->dir[0] && !getenv("LODESTAR_KEEP_TEST_DIRS"))
         rm_rf(t->dir);
 }
