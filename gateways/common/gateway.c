@@ -11,6 +11,7 @@
 #include "gateway.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -249,4 +250,37 @@ void gw_free(gw_t *gw)
     while (gw->checks)
         check_deliver(gw->checks);
     free(gw);
+}
+
+int gw_each_listener(child_t *c, const char *protocol, gw_listener_fn fn, void *arg)
+{
+    int n = 0;
+    for (size_t i = 0; i < c->cfg->n_listeners; i++) {
+        const cfg_listener_t *l = &c->cfg->listeners[i];
+        if (!l->enabled || strcmp(l->protocol, protocol) != 0)
+            continue;
+        int fd = child_listen_fd(c, l->name);
+        if (fd < 0) {
+            log_error("listener %s (%s:%d): no inherited socket of that name (LODESTAR_LISTEN_FDS)", l->name,
+                      l->address, l->port);
+            return -1;
+        }
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+            log_error("listener %s: fd %d: cannot make it non-blocking: %s", l->name, fd, strerror(errno));
+            return -1;
+        }
+        char err[512] = "";
+        if (fn(l, fd, arg, err, sizeof err) < 0) {
+            log_error("listener %s (%s:%d): %s", l->name, l->address, l->port, err);
+            return -1;
+        }
+        log_info("listener %s: %s on %s:%d", l->name, protocol, l->address, l->port);
+        n++;
+    }
+    if (n == 0) {
+        log_error("no enabled listener has protocol %s: nothing to serve", protocol);
+        return -1;
+    }
+    return n;
 }

@@ -25,6 +25,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "child.h"
 #include "config.h"
 #include "ipc.h"
 
@@ -80,5 +81,15 @@ int gw_drain_bound_ms(const cfg_t *cfg);
 /* Checks still in flight are answered with their missing workers marked
  * "gateway stopping" (callbacks run), then everything is freed. */
 void gw_free(gw_t *gw);
+
+/* Serve one inherited listening socket (non-blocking already). Return 0, or
+ * -1 with a reason in err. */
+typedef int (*gw_listener_fn)(const cfg_listener_t *l, int fd, void *arg, char *err, size_t errlen);
+
+/* Call fn for every enabled listener of `protocol`, with the socket the
+ * supervisor passed in for it. Logs and returns -1 on the first failure
+ * (naming the listener), and when no listener has the protocol. Returns
+ * the number of listeners served. */
+int gw_each_listener(child_t *c, const char *protocol, gw_listener_fn fn, void *arg);
 
 #endif

@@ -37,6 +37,12 @@ typedef struct pg_state {
     gw_grpc_health_t health;
 } pg_state_t;
 
+static int pg_serve_listener(const cfg_listener_t *l, int fd, void *arg, char *err, size_t errlen)
+{
+    pg_state_t *st = arg;
+    return gs_server_add_listener(st->srv, fd, l->name, err, errlen);
+}
+
 static int pg_init(child_t *c)
 {
     pg_state_t *st = calloc(1, sizeof *st);
@@ -64,28 +70,8 @@ static int pg_init(child_t *c)
         return -1;
     }
 
-    size_t n = 0;
-    for (size_t i = 0; i < c->cfg->n_listeners; i++) {
-        const cfg_listener_t *l = &c->cfg->listeners[i];
-        if (!l->enabled || strcmp(l->protocol, PG_ROLE) != 0)
-            continue;
-        int fd = child_listen_fd(c, l->name);
-        if (fd < 0) {
-            log_error("listener %s (%s:%d): no inherited socket of that name (LODESTAR_LISTEN_FDS)", l->name,
-                      l->address, l->port);
-            return -1;
-        }
-        if (gs_server_add_listener(st->srv, fd, l->name, err, sizeof err) < 0) {
-            log_error("listener %s (%s:%d): %s", l->name, l->address, l->port, err);
-            return -1;
-        }
-        log_info("listener %s: gRPC on %s:%d", l->name, l->address, l->port);
-        n++;
-    }
-    if (n == 0) {
-        log_error("no enabled listener has protocol %s: nothing to serve", PG_ROLE);
+    if (gw_each_listener(c, PG_ROLE, pg_serve_listener, st) < 0)
         return -1;
-    }
     if (gs_server_start(st->srv, err, sizeof err) < 0) {
         log_error("cannot start the gRPC server: %s", err);
         return -1;

@@ -293,6 +293,28 @@ static void ph_on_request(struct evhttp_request *req, void *arg)
 
 /* ------------------------------------------------------------- role */
 
+static int ph_serve_listener(const cfg_listener_t *l, int fd, void *arg, char *err, size_t errlen)
+{
+    ph_state_t *st = arg;
+    struct evhttp_bound_socket **arr = realloc(st->bound, (st->n_bound + 1) * sizeof *arr);
+    if (!arr) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    st->bound = arr;
+    /* backlog 0: already listening; no LEV_OPT_CLOSE_ON_FREE: the fd is the supervisor's */
+    struct evconnlistener *lev = evconnlistener_new(st->c->base, NULL, NULL, LEV_OPT_CLOSE_ON_EXEC, 0, fd);
+    struct evhttp_bound_socket *b = lev ? evhttp_bind_listener(st->http, lev) : NULL;
+    if (!b) {
+        if (lev)
+            evconnlistener_free(lev);
+        snprintf(err, errlen, "cannot serve HTTP on fd %d", fd);
+        return -1;
+    }
+    st->bound[st->n_bound++] = b;
+    return 0;
+}
+
 static int ph_init(child_t *c)
 {
     ph_state_t *st = calloc(1, sizeof *st);
@@ -325,40 +347,8 @@ static int ph_init(child_t *c)
                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     evhttp_set_gencb(st->http, ph_on_request, st);
 
-    for (size_t i = 0; i < c->cfg->n_listeners; i++) {
-        const cfg_listener_t *l = &c->cfg->listeners[i];
-        if (!l->enabled || strcmp(l->protocol, PH_ROLE) != 0)
-            continue;
-        int fd = child_listen_fd(c, l->name);
-        if (fd < 0) {
-            log_error("listener %s (%s:%d): no inherited socket of that name (LODESTAR_LISTEN_FDS)", l->name,
-                      l->address, l->port);
-            return -1;
-        }
-        int fl = fcntl(fd, F_GETFL);
-        if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-            log_error("listener %s: fd %d: cannot make it non-blocking: %s", l->name, fd, strerror(errno));
-            return -1;
-        }
-        /* backlog 0: already listening; no LEV_OPT_CLOSE_ON_FREE: the fd is the supervisor's */
-        struct evconnlistener *lev = evconnlistener_new(c->base, NULL, NULL, LEV_OPT_CLOSE_ON_EXEC, 0, fd);
-        struct evhttp_bound_socket **arr = realloc(st->bound, (st->n_bound + 1) * sizeof *arr);
-        if (arr)
-            st->bound = arr;
-        struct evhttp_bound_socket *b = lev && arr ? evhttp_bind_listener(st->http, lev) : NULL;
-        if (!b) {
-            if (lev)
-                evconnlistener_free(lev);
-            log_error("listener %s (%s:%d): cannot serve HTTP on fd %d", l->name, l->address, l->port, fd);
-            return -1;
-        }
-        st->bound[st->n_bound++] = b;
-        log_info("listener %s: HTTP on %s:%d", l->name, l->address, l->port);
-    }
-    if (st->n_bound == 0) {
-        log_error("no enabled listener has protocol %s: nothing to serve", PH_ROLE);
+    if (gw_each_listener(c, PH_ROLE, ph_serve_listener, st) < 0)
         return -1;
-    }
     child_ready(c);
     return 0;
 }

@@ -4,7 +4,7 @@
  * Covers the documented example deploy/lodestar.yaml, defaults, path
  * resolution, environment expansion, the LODESTAR_PG_DSN override, the
  * equivalence of cfg_load_buffer and cfg_load_file, the path helpers, and
- * broken files under tests/data/config/ with the exact error lines they
+ * broken files under tests/fixtures/config/ with the exact error lines they
  * must produce. Error-file tests chdir into LODESTAR_TEST_DATA/config and
  * pass bare file names, so the expected "FILE:LINE:COL: ..." strings are
  * stable wherever the tree lives.
@@ -100,7 +100,7 @@ static void check_errors(int r, cfg_t *cfg, cfg_errors_t *errs, const char *what
     cfg_errors_clear(errs);
 }
 
-/* Load tests/data/config/<file> and compare every error line exactly. */
+/* Load tests/fixtures/config/<file> and compare every error line exactly. */
 static void expect_file_errors(const char *file, const char *const *want, size_t n)
 {
     enter_config_data();
