@@ -12,8 +12,8 @@ ROOT=$PWD
 DEBIAN_PACKAGES=(
   build-essential cmake pkg-config git
   libevent-dev libprotobuf-c-dev protobuf-c-compiler libprotobuf-dev libgrpc-dev
-  libpq-dev libhiredis-dev libyaml-dev libjansson-dev libsystemd-dev libcriterion-dev
-  postgresql-15 redis-server
+  libpq-dev libhiredis-dev libyaml-dev libjansson-dev libsystemd-dev libcriterion-dev libssl-dev
+  uthash-dev postgresql-15 redis-server
   python3 python3-grpcio
 )
 

@@ -82,6 +82,11 @@ int gw_drain_bound_ms(const cfg_t *cfg);
  * "gateway stopping" (callbacks run), then everything is freed. */
 void gw_free(gw_t *gw);
 
+struct nr;
+/* The naming read replica fed by the naming worker (NULL when the naming
+ * worker is disabled). Owned by the gw_t. */
+struct nr *gw_replica(const gw_t *gw);
+
 /* Serve one inherited listening socket (non-blocking already). Return 0, or
  * -1 with a reason in err. */
 typedef int (*gw_listener_fn)(const cfg_listener_t *l, int fd, void *arg, char *err, size_t errlen);

@@ -56,6 +56,11 @@ void lstest_write_config(lstest_t *t, const char *extra)
 {
     FILE *f = fopen(t->config, "w");
     cr_assert(f, "cannot write %s", t->config);
+    char store[1200];
+    if (t->dsn[0])
+        snprintf(store, sizeof store, "store:\n  dsn: \"%s\"\n", t->dsn);
+    else
+        snprintf(store, sizeof store, "store:\n  embedded:\n    data_dir: %s/pgdata\n", t->dir);
     fprintf(f,
             "runtime_dir: %s\n"
             "logging:\n  level: info\n%s"
@@ -64,13 +69,13 @@ void lstest_write_config(lstest_t *t, const char *extra)
             "  ping_interval_ms: 500\n"
             "  shutdown_timeout_ms: 8000\n"
             "  drain_timeout_ms: 3000\n"
-            "store:\n  embedded:\n    data_dir: %s/pgdata\n"
+            "%s"
             "listeners:\n"
             "  - {name: polaris-http, protocol: polaris-http, address: 127.0.0.1, port: %d}\n"
             "  - {name: polaris-grpc-naming, protocol: polaris-grpc, address: 127.0.0.1, port: %d}\n"
             "  - {name: polaris-grpc-config, protocol: polaris-grpc, address: 127.0.0.1, port: %d}\n"
             "%s",
-            t->runtime, t->logging_extra, t->dir, t->http_port, t->grpc_port, t->grpc_config_port, extra ? extra : "");
+            t->runtime, t->logging_extra, store, t->http_port, t->grpc_port, t->grpc_config_port, extra ? extra : "");
     fclose(f);
 }
 

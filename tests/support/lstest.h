@@ -25,6 +25,7 @@ typedef struct lstest {
     pid_t pid;           /* supervisor */
     int exit_status;     /* after lstest_stop: exit code, or 128+signal */
     char logging_extra[256]; /* lines added under `logging:` (indented two spaces) */
+    char dsn[512];       /* when set: an external PostgreSQL (store.dsn) instead of the private one */
 } lstest_t;
 
 /* A free TCP port on 127.0.0.1 (bound and released). */
