@@ -82,6 +82,7 @@ enum slot {
     SL_L_ADDR,
     SL_L_PORT,
     SL_P_FILE,
+    SL_CFG_MAX_CONTENT,
     SL_COUNT
 };
 
@@ -964,9 +965,37 @@ static const field_t worker_fields[] = {
     {0},
 };
 
+/* workers.naming: parsed against cfg_t itself, since `enabled` lives in
+ * cfg->naming and the rest in cfg->naming_worker. */
+static const field_t naming_batch_fields[] = {
+    {.key = "max_batch", .type = FT_INT, .off = offsetof(cfg_t, naming_worker.batch_max), .min = 1, .max = 100000},
+    {.key = "wait_ms", .type = FT_INT, .off = offsetof(cfg_t, naming_worker.batch_wait_ms), .min = 1, .max = 60000},
+    {.key = "queue_size", .type = FT_INT, .off = offsetof(cfg_t, naming_worker.batch_queue_size), .min = 1, .max = 100000000},
+    {0},
+};
+
+static const field_t naming_worker_fields[] = {
+    {.key = "enabled", .type = FT_BOOL, .off = offsetof(cfg_t, naming.enabled)},
+    {.key = "auto_create_namespace", .type = FT_BOOL, .off = offsetof(cfg_t, naming_worker.auto_create_namespace)},
+    {.key = "auto_create_service", .type = FT_BOOL, .off = offsetof(cfg_t, naming_worker.auto_create_service)},
+    {.key = "sync_interval_ms", .type = FT_INT, .off = offsetof(cfg_t, naming_worker.sync_interval_ms), .min = 1, .max = MS_MAX},
+    {.key = "deleted_retention_s", .type = FT_INT, .off = offsetof(cfg_t, naming_worker.deleted_retention_s), .min = 1, .max = INT_MAX},
+    {.key = "batch", .type = FT_MAP, .off = 0, .sub = naming_batch_fields},
+    {0},
+};
+
+/* workers.config: parsed against cfg_t like workers.naming. */
+static const field_t config_worker_fields[] = {
+    {.key = "enabled", .type = FT_BOOL, .off = offsetof(cfg_t, config.enabled)},
+    {.key = "max_content_bytes", .type = FT_U32, .off = offsetof(cfg_t, config_worker.max_content_bytes), .min = 1, .max = 67108864, .slot = SL_CFG_MAX_CONTENT},
+    {.key = "sync_interval_ms", .type = FT_INT, .off = offsetof(cfg_t, config_worker.sync_interval_ms), .min = 1, .max = MS_MAX},
+    {.key = "deleted_retention_s", .type = FT_INT, .off = offsetof(cfg_t, config_worker.deleted_retention_s), .min = 1, .max = INT_MAX},
+    {0},
+};
+
 static const field_t workers_fields[] = {
-    {.key = "naming", .type = FT_MAP, .off = offsetof(cfg_t, naming), .sub = worker_fields},
-    {.key = "config", .type = FT_MAP, .off = offsetof(cfg_t, config), .sub = worker_fields},
+    {.key = "naming", .type = FT_MAP, .off = 0, .sub = naming_worker_fields},
+    {.key = "config", .type = FT_MAP, .off = 0, .sub = config_worker_fields},
     {.key = "health", .type = FT_MAP, .off = offsetof(cfg_t, health), .sub = worker_fields},
     {0},
 };
@@ -994,6 +1023,9 @@ TABLE_FITS(store_fields);
 TABLE_FITS(redis_fields);
 TABLE_FITS(healthcheck_fields);
 TABLE_FITS(worker_fields);
+TABLE_FITS(naming_batch_fields);
+TABLE_FITS(naming_worker_fields);
+TABLE_FITS(config_worker_fields);
 TABLE_FITS(workers_fields);
 TABLE_FITS(top_fields);
 
@@ -1028,6 +1060,20 @@ static int set_defaults(ctx_t *c, cfg_t *cfg)
     cfg->healthcheck.redis_address = xstrdup(c, "127.0.0.1:6379");
     cfg->healthcheck.redis_db = 0;
     cfg->naming.enabled = cfg->config.enabled = cfg->health.enabled = true;
+    cfg->config_worker = (cfg_config_worker_t){
+        .max_content_bytes = 20000,
+        .sync_interval_ms = 250,
+        .deleted_retention_s = 3600,
+    };
+    cfg->naming_worker = (cfg_naming_worker_t){
+        .auto_create_namespace = true,
+        .auto_create_service = true,
+        .batch_max = 128,
+        .batch_wait_ms = 32,
+        .batch_queue_size = 10240,
+        .sync_interval_ms = 250,
+        .deleted_retention_s = 3600,
+    };
     cfg->listeners = calloc(N_DEFAULT_LISTENERS, sizeof *cfg->listeners);
     if (!cfg->runtime_dir || !cfg->store.embedded.data_dir || !cfg->listeners || c->oom)
         return -1;
@@ -1113,6 +1159,13 @@ static void finalize(ctx_t *c, yaml_mark_t top)
                  "\"%s\" is too long for Unix socket paths (at most %d bytes)", cfg->runtime_dir,
                  CFG_RUNTIME_DIR_MAX);
     check_roles(c);
+    /* a change push carries a file's release and beta contents in one frame
+     * (the default is lowered by the worker itself to fit small frames) */
+    uint64_t need = 2ull * cfg->config_worker.max_content_bytes + 65536u;
+    if (c->slot[SL_CFG_MAX_CONTENT] && need > cfg->ipc.max_frame_bytes)
+        err_path(c, mark_or(c->slot[SL_CFG_MAX_CONTENT], top), "workers.config.max_content_bytes",
+                 "%u bytes do not fit IPC frames of ipc.max_frame_bytes (%u): twice the content plus 64 KiB must fit",
+                 cfg->config_worker.max_content_bytes, cfg->ipc.max_frame_bytes);
 
     for (size_t i = 0; i < cfg->n_proc_logs; i++) {
         cfg_log_t *l = &cfg->proc_logs[i].log;

@@ -60,6 +60,24 @@ typedef struct cfg_worker {
     bool enabled;
 } cfg_worker_t;
 
+/* workers.naming: the naming worker's own settings (besides `enabled`). */
+typedef struct cfg_naming_worker {
+    bool auto_create_namespace; /* create a namespace on first use (default true) */
+    bool auto_create_service;   /* create a service on its first registration (default true) */
+    int batch_max;              /* batch.max_batch: operations per transaction (default 128) */
+    int batch_wait_ms;          /* batch.wait_ms: longest wait before a partial batch commits (default 32) */
+    int batch_queue_size;       /* batch.queue_size: queued operations before 429001 (default 10240) */
+    int sync_interval_ms;       /* poll for other nodes' changes (default 250) */
+    int deleted_retention_s;    /* soft-deleted rows are hard-deleted after this (default 3600) */
+} cfg_naming_worker_t;
+
+/* workers.config: the config worker's own settings (besides `enabled`). */
+typedef struct cfg_config_worker {
+    uint32_t max_content_bytes; /* largest config file content in bytes (default 20000, Polaris' contentMaxLength) */
+    int sync_interval_ms;       /* poll for other nodes' changes (default 250) */
+    int deleted_retention_s;    /* tombstones of groups and releases are purged after this (default 3600) */
+} cfg_config_worker_t;
+
 typedef struct cfg_supervisor {
     int shutdown_timeout_ms;       /* SIGTERM -> SIGKILL escalation bound (default 8000) */
     int drain_timeout_ms;          /* a child's own drain bound (default 5000) */
@@ -115,6 +133,8 @@ typedef struct cfg {
     cfg_healthcheck_t healthcheck;
 
     cfg_worker_t naming, config, health;
+    cfg_naming_worker_t naming_worker; /* workers.naming.* beyond enabled */
+    cfg_config_worker_t config_worker; /* workers.config.* beyond enabled */
 
     cfg_listener_t *listeners;
     size_t n_listeners;

@@ -177,6 +177,15 @@ Test(config, example_file_parses_with_documented_values)
     cr_assert_null(cfg->healthcheck.redis_password);
     cr_assert_eq(cfg->healthcheck.redis_db, 0);
     cr_assert(cfg->naming.enabled && cfg->config.enabled && cfg->health.enabled);
+    cr_assert(cfg->naming_worker.auto_create_namespace && cfg->naming_worker.auto_create_service);
+    cr_assert_eq(cfg->naming_worker.batch_max, 128);
+    cr_assert_eq(cfg->naming_worker.batch_wait_ms, 32);
+    cr_assert_eq(cfg->naming_worker.batch_queue_size, 10240);
+    cr_assert_eq(cfg->naming_worker.sync_interval_ms, 250);
+    cr_assert_eq(cfg->naming_worker.deleted_retention_s, 3600);
+    cr_assert_eq(cfg->config_worker.max_content_bytes, 20000u);
+    cr_assert_eq(cfg->config_worker.sync_interval_ms, 250);
+    cr_assert_eq(cfg->config_worker.deleted_retention_s, 3600);
 
     cr_assert_eq(cfg->n_listeners, 3);
     static const struct {
@@ -310,6 +319,9 @@ static void assert_defaults(const cfg_t *cfg, const char *base)
     cr_assert_null(cfg->healthcheck.redis_password);
     cr_assert_eq(cfg->healthcheck.redis_db, 0);
     cr_assert(cfg->naming.enabled && cfg->config.enabled && cfg->health.enabled);
+    cr_assert_eq(cfg->config_worker.max_content_bytes, 20000u, "Polaris' contentMaxLength default");
+    cr_assert_eq(cfg->config_worker.sync_interval_ms, 250);
+    cr_assert_eq(cfg->config_worker.deleted_retention_s, 3600);
     cr_assert_eq(cfg->n_listeners, 3);
     cr_assert_str_eq(cfg->listeners[0].name, "polaris-http");
     cr_assert_str_eq(cfg->listeners[0].protocol, "polaris-http");
@@ -389,6 +401,46 @@ Test(config, values_override_defaults)
     cfg = load_ok("listeners: []\n", "/x/l.yaml");
     cr_assert_eq(cfg->n_listeners, 0, "an empty sequence means no listeners");
     cfg_free(cfg);
+}
+
+/* workers.config (the config worker's own settings) */
+Test(config, config_worker_settings)
+{
+    unsetenv("LODESTAR_PG_DSN");
+    cfg_t *cfg = load_ok("workers:\n"
+                         "  config: {enabled: false, max_content_bytes: 1048576, sync_interval_ms: 40,"
+                         " deleted_retention_s: 2}\n",
+                         "/srv/c.yaml");
+    cr_assert_not(cfg->config.enabled);
+    cr_assert_eq(cfg->config_worker.max_content_bytes, 1048576u);
+    cr_assert_eq(cfg->config_worker.sync_interval_ms, 40);
+    cr_assert_eq(cfg->config_worker.deleted_retention_s, 2);
+    cr_assert(cfg->naming.enabled && cfg->health.enabled, "the other workers are untouched");
+    cfg_free(cfg);
+    /* small frames lower the default limit in the worker instead of failing */
+    cfg = load_ok("ipc: {max_frame_bytes: 1024}\n", "/srv/c.yaml");
+    cr_assert_eq(cfg->config_worker.max_content_bytes, 20000u);
+    cfg_free(cfg);
+}
+
+Test(config_errors, config_worker_settings)
+{
+    EXPECT_BUFFER("ipc: {max_frame_bytes: 131072}\n"
+                  "workers:\n"
+                  "  config:\n"
+                  "    max_content_bytes: 40000\n",
+                  "c.yaml",
+                  "c.yaml:4:24: workers.config.max_content_bytes: 40000 bytes do not fit IPC frames of "
+                  "ipc.max_frame_bytes (131072): twice the content plus 64 KiB must fit");
+    EXPECT_BUFFER("workers:\n"
+                  "  config:\n"
+                  "    max_content_bytes: 0\n"
+                  "    sync_interval_ms: fast\n"
+                  "    colour: blue\n",
+                  "c.yaml", "c.yaml:3:24: workers.config.max_content_bytes: expected an integer 1..67108864, got \"0\"",
+                  "c.yaml:4:23: workers.config.sync_interval_ms: expected an integer 1..86400000, got \"fast\"",
+                  "c.yaml:5:5: workers.config.colour: unknown key (allowed: enabled, max_content_bytes, "
+                  "sync_interval_ms, deleted_retention_s)");
 }
 
 Test(config, relative_paths_resolve_against_config_dir)
@@ -851,4 +903,53 @@ Test(config_errors, empty_required_strings)
                   "empty.yaml:1:14: runtime_dir: must not be empty",
                   "empty.yaml:2:28: store.embedded.user: must not be empty",
                   "empty.yaml:2:41: store.embedded.bin_dir: must not be empty");
+}
+
+Test(config, naming_worker_settings)
+{
+    cfg_t *cfg = load_ok("listeners: []\n", "/x/l.yaml");
+    cr_assert(cfg->naming.enabled, "workers.naming.enabled defaults to true");
+    cr_assert(cfg->naming_worker.auto_create_namespace, "auto_create_namespace defaults to true");
+    cr_assert(cfg->naming_worker.auto_create_service, "auto_create_service defaults to true");
+    cr_assert_eq(cfg->naming_worker.batch_max, 128);
+    cr_assert_eq(cfg->naming_worker.batch_wait_ms, 32);
+    cr_assert_eq(cfg->naming_worker.batch_queue_size, 10240);
+    cr_assert_eq(cfg->naming_worker.sync_interval_ms, 250);
+    cr_assert_eq(cfg->naming_worker.deleted_retention_s, 3600);
+    cfg_free(cfg);
+
+    cfg = load_ok("workers:\n"
+                  "  naming:\n"
+                  "    enabled: false\n"
+                  "    auto_create_namespace: no\n"
+                  "    auto_create_service: off\n"
+                  "    batch: {max_batch: 7, wait_ms: 5, queue_size: 99}\n"
+                  "    sync_interval_ms: 40\n"
+                  "    deleted_retention_s: 2\n"
+                  "listeners: []\n",
+                  "/x/l.yaml");
+    cr_assert_not(cfg->naming.enabled, "workers.naming.enabled still lands in cfg->naming");
+    cr_assert_not(cfg->naming_worker.auto_create_namespace);
+    cr_assert_not(cfg->naming_worker.auto_create_service);
+    cr_assert_eq(cfg->naming_worker.batch_max, 7);
+    cr_assert_eq(cfg->naming_worker.batch_wait_ms, 5);
+    cr_assert_eq(cfg->naming_worker.batch_queue_size, 99);
+    cr_assert_eq(cfg->naming_worker.sync_interval_ms, 40);
+    cr_assert_eq(cfg->naming_worker.deleted_retention_s, 2);
+    cr_assert(cfg->config.enabled && cfg->health.enabled, "the other workers are untouched");
+    cfg_free(cfg);
+}
+
+Test(config_errors, naming_worker_settings)
+{
+    EXPECT_BUFFER("workers:\n"
+                  "  naming:\n"
+                  "    batch: {max_batch: 0, wait_ms: x}\n"
+                  "    sync_interval_ms: -1\n"
+                  "    colour: blue\n",
+                  "n.yaml", "n.yaml:3:24: workers.naming.batch.max_batch: expected an integer 1..100000, got \"0\"",
+                  "n.yaml:3:36: workers.naming.batch.wait_ms: expected an integer 1..60000, got \"x\"",
+                  "n.yaml:4:23: workers.naming.sync_interval_ms: expected an integer 1..86400000, got \"-1\"",
+                  "n.yaml:5:5: workers.naming.colour: unknown key (allowed: enabled, auto_create_namespace, "
+                  "auto_create_service, sync_interval_ms, deleted_retention_s, batch)");
 }

@@ -89,6 +89,8 @@ static void on_request(ipc_server_t *s, ipc_conn_t *conn, uint64_t request_id, L
 static void on_peer(ipc_server_t *s, ipc_conn_t *conn, bool connected, void *arg)
 {
     worker_t *w = arg;
+    if (w->domain->on_peer)
+        w->domain->on_peer(w, conn, connected);
     if (connected)
         return;
     for (ping_ctx_t *pc = w->pings; pc; pc = pc->next)
@@ -103,7 +105,8 @@ static void on_store_state(store_t *st, bool up, const char *why, void *arg)
     if (up) {
         w->store_why[0] = '\0';
         log_info("store up (schema version %d)", store_schema_version(st));
-        child_ready(w->child);
+        if (!w->domain->ready || w->domain->ready(w))
+            child_ready(w->child);
     } else {
         snprintf(w->store_why, sizeof w->store_why, "%s", why ? why : "unknown");
         log_warn("store down: %s", w->store_why);
@@ -191,6 +194,12 @@ void worker_stop(child_t *c)
         store_free(w->store);
     free(w);
     c->state = NULL;
+}
+
+void worker_domain_ready(worker_t *w)
+{
+    if (w->store_up)
+        child_ready(w->child);
 }
 
 bool worker_healthy(child_t *c, char *why, size_t whylen)

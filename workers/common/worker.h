@@ -26,6 +26,13 @@ typedef struct worker_domain {
     void (*on_store_state)(worker_t *w, bool up);
     int (*init)(worker_t *w);
     void (*fini)(worker_t *w);
+    /* Optional: does the domain serve yet? When set, the worker reports Ready
+     * only once the store is up and this returns true; a domain that becomes
+     * ready later (the naming worker after loading its model) then calls
+     * worker_domain_ready(). NULL: ready as soon as the store is up. */
+    bool (*ready)(worker_t *w);
+    /* Optional: an IPC peer connected or went away (drop answers owed to it). */
+    void (*on_peer)(worker_t *w, ipc_conn_t *conn, bool connected);
 } worker_domain_t;
 
 struct worker {
@@ -43,6 +50,8 @@ int worker_start(child_t *c, const worker_domain_t *domain);
 void worker_drain(child_t *c);
 void worker_stop(child_t *c);
 bool worker_healthy(child_t *c, char *why, size_t whylen);
+/* The domain's ready() turned true: report Ready if the store is up. */
+void worker_domain_ready(worker_t *w);
 
 /* The role table rows, one per domain folder. */
 extern const child_role_t naming_role, config_role, health_role;

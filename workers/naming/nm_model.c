@@ -1,0 +1,865 @@
+/*
+ * nm_model.c: the naming worker's in-memory model (see naming.h).
+ *
+ * Three uthash tables: namespaces by name, services by "ns\x1fname",
+ * instances by id; each service also holds its live instances (hh_svc).
+ * A service exists in the model while it has a live row or live instances
+ * (an instance may reach us before its service row, or outlive it when two
+ * nodes race a service delete against a registration); such a service is
+ * published with empty fields until its row arrives.
+ *
+ * Rows are applied by row_version: a row not newer than the one held is
+ * ignored, so a row read twice (own commit, then the poll) changes nothing.
+ * Every applied change records the service in m->touched; nm_model_finish
+ * recomputes revisions and counts of those services only.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "naming.h"
+
+/* ------------------------------------------------------------------ memory */
+
+void nm_oom(void)
+{
+    log_error("naming worker: out of memory");
+    abort();
+}
+
+void *nm_xcalloc(size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size ? size : 1);
+    if (!p)
+        nm_oom();
+    return p;
+}
+
+char *nm_xstrdup(const char *s)
+{
+    char *d = strdup(s ? s : "");
+    if (!d)
+        nm_oom();
+    return d;
+}
+
+void nm_random_hex(char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    unsigned char b[16];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t n = getrandom(b + got, sizeof b - got, 0);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("naming worker: getrandom failed: %s", strerror(errno));
+            abort();
+        }
+        got += (size_t)n;
+    }
+    for (size_t i = 0; i < sizeof b; i++) {
+        out[2 * i] = hex[b[i] >> 4];
+        out[2 * i + 1] = hex[b[i] & 15];
+    }
+    out[32] = '\0';
+}
+
+typedef struct nm_arena_chunk {
+    struct nm_arena_chunk *next;
+    size_t used, cap;
+    max_align_t data[];
+} nm_arena_chunk_t;
+
+void nm_arena_init(nm_arena_t *a, size_t chunk)
+{
+    a->head = NULL;
+    a->chunk = chunk ? chunk : 4096;
+}
+
+void *nm_arena_alloc(nm_arena_t *a, size_t n)
+{
+    const size_t align = sizeof(max_align_t);
+    n = (n + align - 1) / align * align;
+    if (!n)
+        n = align;
+    nm_arena_chunk_t *c = a->head;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > a->chunk ? n : a->chunk;
+        c = malloc(sizeof *c + cap);
+        if (!c)
+            nm_oom();
+        c->used = 0;
+        c->cap = cap;
+        c->next = a->head;
+        a->head = c;
+        /* later chunks grow so big trees need few of them */
+        if (a->chunk < 1u << 20)
+            a->chunk *= 2;
+    }
+    void *p = (char *)c->data + c->used;
+    c->used += n;
+    memset(p, 0, n);
+    return p;
+}
+
+char *nm_arena_strdup(nm_arena_t *a, const char *s)
+{
+    if (!s)
+        s = "";
+    size_t n = strlen(s) + 1;
+    char *d = nm_arena_alloc(a, n);
+    memcpy(d, s, n);
+    return d;
+}
+
+void nm_arena_free(nm_arena_t *a)
+{
+    nm_arena_chunk_t *c = a->head;
+    while (c) {
+        nm_arena_chunk_t *n = c->next;
+        free(c);
+        c = n;
+    }
+    a->head = NULL;
+}
+
+/* ---------------------------------------------------------------- metadata */
+
+void nm_meta_free(nm_meta_t *m)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        free(m->keys[i]);
+        free(m->vals[i]);
+    }
+    free(m->keys);
+    free(m->vals);
+    m->n = 0;
+    m->keys = m->vals = NULL;
+}
+
+void nm_meta_copy(nm_meta_t *dst, const nm_meta_t *src)
+{
+    dst->n = src->n;
+    dst->keys = nm_xcalloc(src->n, sizeof *dst->keys);
+    dst->vals = nm_xcalloc(src->n, sizeof *dst->vals);
+    for (size_t i = 0; i < src->n; i++) {
+        dst->keys[i] = nm_xstrdup(src->keys[i]);
+        dst->vals[i] = nm_xstrdup(src->vals[i]);
+    }
+}
+
+bool nm_meta_equal(const nm_meta_t *a, const nm_meta_t *b)
+{
+    if (a->n != b->n)
+        return false;
+    for (size_t i = 0; i < a->n; i++)
+        if (strcmp(a->keys[i], b->keys[i]) != 0 || strcmp(a->vals[i], b->vals[i]) != 0)
+            return false;
+    return true;
+}
+
+void nm_meta_add(nm_meta_t *m, const char *k, const char *v)
+{
+    char **keys = realloc(m->keys, (m->n + 1) * sizeof *keys);
+    if (!keys)
+        nm_oom();
+    m->keys = keys;
+    char **vals = realloc(m->vals, (m->n + 1) * sizeof *vals);
+    if (!vals)
+        nm_oom();
+    m->vals = vals;
+    m->keys[m->n] = nm_xstrdup(k);
+    m->vals[m->n] = nm_xstrdup(v);
+    m->n++;
+}
+
+/* Stable insertion sort by key, then drop earlier duplicates (the last
+ * occurrence wins, as for a protobuf map read from the wire). */
+void nm_meta_sort(nm_meta_t *m)
+{
+    for (size_t i = 1; i < m->n; i++) {
+        char *k = m->keys[i], *v = m->vals[i];
+        size_t j = i;
+        while (j > 0 && strcmp(m->keys[j - 1], k) > 0) {
+            m->keys[j] = m->keys[j - 1];
+            m->vals[j] = m->vals[j - 1];
+            j--;
+        }
+        m->keys[j] = k;
+        m->vals[j] = v;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        if (i + 1 < m->n && strcmp(m->keys[i], m->keys[i + 1]) == 0) {
+            free(m->keys[i]);
+            free(m->vals[i]);
+            continue;
+        }
+        m->keys[o] = m->keys[i];
+        m->vals[o] = m->vals[i];
+        o++;
+    }
+    m->n = o;
+}
+
+const char *nm_meta_get(const nm_meta_t *m, const char *key)
+{
+    size_t lo = 0, hi = m->n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        int c = strcmp(m->keys[mid], key);
+        if (c == 0)
+            return m->vals[mid];
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ objects */
+
+char *nm_service_key(const char *ns, const char *name)
+{
+    size_t a = strlen(ns), b = strlen(name);
+    char *k = nm_xcalloc(a + b + 2, 1);
+    memcpy(k, ns, a);
+    k[a] = '\x1f';
+    memcpy(k + a + 1, name, b);
+    return k;
+}
+
+#define INSTANCE_STRINGS(X)                                                                                           \
+    X(id) X(ns) X(service) X(vpc_id) X(host) X(protocol) X(version) X(region) X(zone) X(campus) X(logic_set)          \
+        X(nacos_group) X(nacos_cluster) X(eureka_app) X(eureka_status) X(eureka_overridden_status) X(origin)
+
+nm_instance_t *nm_instance_new(void)
+{
+    nm_instance_t *in = nm_xcalloc(1, sizeof *in);
+#define X(f) in->f = nm_xstrdup("");
+    INSTANCE_STRINGS(X)
+#undef X
+    in->hc_type = -1;
+    in->weight = NM_DEFAULT_WEIGHT;
+    in->healthy = true;
+    nm_arena_init(&in->pb_arena, 1024);
+    return in;
+}
+
+nm_instance_t *nm_instance_dup(const nm_instance_t *src)
+{
+    nm_instance_t *in = nm_xcalloc(1, sizeof *in);
+    *in = *src;
+#define X(f) in->f = nm_xstrdup(src->f);
+    INSTANCE_STRINGS(X)
+#undef X
+    nm_meta_copy(&in->meta, &src->meta);
+    in->svc = NULL;
+    in->pb = NULL;
+    nm_arena_init(&in->pb_arena, 1024);
+    memset(&in->hh, 0, sizeof in->hh);
+    memset(&in->hh_svc, 0, sizeof in->hh_svc);
+    return in;
+}
+
+void nm_instance_free(nm_instance_t *in)
+{
+    if (!in)
+        return;
+#define X(f) free(in->f);
+    INSTANCE_STRINGS(X)
+#undef X
+    nm_meta_free(&in->meta);
+    nm_arena_free(&in->pb_arena);
+    free(in);
+}
+
+#define SERVICE_STRINGS(X)                                                                                            \
+    X(key) X(ns) X(name) X(id) X(ports) X(business) X(department) X(cmdb_mod1) X(cmdb_mod2) X(cmdb_mod3) X(comment)  \
+        X(owners) X(token) X(platform_id)
+
+nm_service_t *nm_service_new(const char *ns, const char *name)
+{
+    nm_service_t *s = nm_xcalloc(1, sizeof *s);
+#define X(f) s->f = nm_xstrdup("");
+    SERVICE_STRINGS(X)
+#undef X
+    free(s->key);
+    free(s->ns);
+    free(s->name);
+    s->key = nm_service_key(ns, name);
+    s->ns = nm_xstrdup(ns);
+    s->name = nm_xstrdup(name);
+    return s;
+}
+
+nm_service_t *nm_service_dup(const nm_service_t *src)
+{
+    nm_service_t *s = nm_xcalloc(1, sizeof *s);
+    *s = *src;
+#define X(f) s->f = nm_xstrdup(src->f);
+    SERVICE_STRINGS(X)
+#undef X
+    nm_meta_copy(&s->meta, &src->meta);
+    s->instances = NULL;
+    memset(&s->hh, 0, sizeof s->hh);
+    return s;
+}
+
+void nm_service_free(nm_service_t *s)
+{
+    if (!s)
+        return;
+#define X(f) free(s->f);
+    SERVICE_STRINGS(X)
+#undef X
+    nm_meta_free(&s->meta);
+    free(s);
+}
+
+nm_namespace_t *nm_namespace_new(const char *name)
+{
+    nm_namespace_t *ns = nm_xcalloc(1, sizeof *ns);
+    ns->name = nm_xstrdup(name);
+    ns->comment = nm_xstrdup("");
+    ns->owners = nm_xstrdup("");
+    ns->token = nm_xstrdup("");
+    return ns;
+}
+
+nm_namespace_t *nm_namespace_dup(const nm_namespace_t *src)
+{
+    nm_namespace_t *ns = nm_xcalloc(1, sizeof *ns);
+    *ns = *src;
+    ns->name = nm_xstrdup(src->name);
+    ns->comment = nm_xstrdup(src->comment);
+    ns->owners = nm_xstrdup(src->owners);
+    ns->token = nm_xstrdup(src->token);
+    nm_meta_copy(&ns->meta, &src->meta);
+    memset(&ns->hh, 0, sizeof ns->hh);
+    return ns;
+}
+
+void nm_namespace_free(nm_namespace_t *ns)
+{
+    if (!ns)
+        return;
+    free(ns->name);
+    free(ns->comment);
+    free(ns->owners);
+    free(ns->token);
+    nm_meta_free(&ns->meta);
+    free(ns);
+}
+
+/* --------------------------------------------------------------- revisions */
+
+/* Numbers enter digests as their decimal text. */
+static void digest_u64(naming_digest_t *d, uint64_t v)
+{
+    char buf[24];
+    size_t i = sizeof buf;
+    do {
+        buf[--i] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    naming_digest_add(d, buf + i, sizeof buf - i);
+}
+
+static void digest_i64(naming_digest_t *d, int64_t v)
+{
+    if (v >= 0) {
+        digest_u64(d, (uint64_t)v);
+        return;
+    }
+    char buf[24];
+    size_t i = sizeof buf;
+    uint64_t u = (uint64_t)0 - (uint64_t)v;
+    do {
+        buf[--i] = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    buf[--i] = '-';
+    naming_digest_add(d, buf + i, sizeof buf - i);
+}
+
+static void digest_meta(naming_digest_t *d, const nm_meta_t *m)
+{
+    digest_u64(d, m->n);
+    for (size_t i = 0; i < m->n; i++) {
+        naming_digest_add_str(d, m->keys[i]);
+        naming_digest_add_str(d, m->vals[i]);
+    }
+}
+
+static void digest_init(naming_digest_t *d)
+{
+    if (naming_digest_init(d) < 0)
+        nm_oom();
+}
+
+/* Every field a client can observe, in a fixed order; times and row
+ * versions are not content. */
+void nm_instance_revision(nm_instance_t *in)
+{
+    naming_digest_t d;
+    digest_init(&d);
+    naming_digest_add_str(&d, "lodestar.instance.1");
+    naming_digest_add_str(&d, in->id);
+    naming_digest_add_str(&d, in->ns);
+    naming_digest_add_str(&d, in->service);
+    naming_digest_add_str(&d, in->vpc_id);
+    naming_digest_add_str(&d, in->host);
+    digest_u64(&d, in->port);
+    naming_digest_add_str(&d, in->protocol);
+    naming_digest_add_str(&d, in->version);
+    digest_u64(&d, in->priority);
+    digest_u64(&d, in->weight);
+    digest_i64(&d, in->hc_type);
+    digest_u64(&d, in->hc_ttl);
+    digest_u64(&d, in->enable_hc);
+    digest_u64(&d, in->healthy);
+    digest_u64(&d, in->isolate);
+    naming_digest_add_str(&d, in->region);
+    naming_digest_add_str(&d, in->zone);
+    naming_digest_add_str(&d, in->campus);
+    digest_meta(&d, &in->meta);
+    naming_digest_add_str(&d, in->logic_set);
+    naming_digest_add_str(&d, in->nacos_group);
+    naming_digest_add_str(&d, in->nacos_cluster);
+    digest_u64(&d, in->ephemeral);
+    naming_digest_add_str(&d, in->eureka_app);
+    naming_digest_add_str(&d, in->eureka_status);
+    naming_digest_add_str(&d, in->eureka_overridden_status);
+    digest_i64(&d, in->eureka_last_dirty_ms);
+    naming_digest_add_str(&d, in->origin);
+    naming_digest_hex(&d, in->revision);
+}
+
+void nm_namespace_revision(nm_namespace_t *ns)
+{
+    naming_digest_t d;
+    digest_init(&d);
+    naming_digest_add_str(&d, "lodestar.namespace.1");
+    naming_digest_add_str(&d, ns->name);
+    naming_digest_add_str(&d, ns->comment);
+    naming_digest_add_str(&d, ns->owners);
+    naming_digest_add_str(&d, ns->token);
+    digest_meta(&d, &ns->meta);
+    naming_digest_hex(&d, ns->revision);
+}
+
+static int cmp_instance_id(const void *a, const void *b)
+{
+    return strcmp(((const nm_instance_t *)a)->id, ((const nm_instance_t *)b)->id);
+}
+
+void nm_service_sort(nm_service_t *s)
+{
+    if (s->unsorted)
+        HASH_SRT(hh_svc, s->instances, cmp_instance_id);
+    s->unsorted = false;
+}
+
+void nm_service_refresh(nm_service_t *s)
+{
+    nm_service_sort(s);
+    size_t cap = HASH_CNT(hh_svc, s->instances);
+    /* the instances' revisions (each covers its id) in id order, as one run */
+    char *revs = nm_xcalloc(cap ? cap : 1, NAMING_HEX_LEN);
+    uint32_t n = 0, healthy = 0;
+    for (nm_instance_t *in = s->instances; in; in = in->hh_svc.next) {
+        memcpy(revs + (size_t)n * NAMING_HEX_LEN, in->revision, NAMING_HEX_LEN);
+        n++;
+        if (in->healthy && !in->isolate)
+            healthy++;
+    }
+    s->n_instances = n;
+    s->n_healthy = healthy;
+
+    naming_digest_t d;
+    digest_init(&d);
+    naming_digest_add_str(&d, "lodestar.service.1");
+    naming_digest_add_str(&d, s->ns);
+    naming_digest_add_str(&d, s->name);
+    digest_u64(&d, s->has_row);
+    naming_digest_add_str(&d, s->id);
+    digest_meta(&d, &s->meta);
+    naming_digest_add_str(&d, s->ports);
+    naming_digest_add_str(&d, s->business);
+    naming_digest_add_str(&d, s->department);
+    naming_digest_add_str(&d, s->cmdb_mod1);
+    naming_digest_add_str(&d, s->cmdb_mod2);
+    naming_digest_add_str(&d, s->cmdb_mod3);
+    naming_digest_add_str(&d, s->comment);
+    naming_digest_add_str(&d, s->owners);
+    naming_digest_add_str(&d, s->token);
+    naming_digest_add_str(&d, s->platform_id);
+    digest_u64(&d, n);
+    naming_digest_add(&d, revs, (size_t)n * NAMING_HEX_LEN);
+    free(revs);
+    naming_digest_hex(&d, s->revision);
+}
+
+/* -------------------------------------------------------------------- model */
+
+nm_model_t *nm_model_new(void) { return nm_xcalloc(1, sizeof(nm_model_t)); }
+
+void nm_model_clear_touched(nm_model_t *m)
+{
+    nm_touch_t *t, *tmp;
+    HASH_ITER(hh, m->touched, t, tmp)
+    {
+        HASH_DEL(m->touched, t);
+        free(t->key);
+        free(t->ns);
+        free(t->name);
+        free(t);
+    }
+    m->namespaces_changed = false;
+}
+
+void nm_model_free(nm_model_t *m)
+{
+    if (!m)
+        return;
+    nm_service_t *s, *stmp;
+    /* each service's own instance table first, while its items still exist */
+    for (s = m->services; s; s = s->hh.next)
+        HASH_CLEAR(hh_svc, s->instances);
+    nm_instance_t *in, *itmp;
+    HASH_ITER(hh, m->instances, in, itmp)
+    {
+        HASH_DEL(m->instances, in);
+        nm_instance_free(in);
+    }
+    HASH_ITER(hh, m->services, s, stmp)
+    {
+        HASH_DEL(m->services, s);
+        nm_service_free(s);
+    }
+    nm_namespace_t *ns, *ntmp;
+    HASH_ITER(hh, m->namespaces, ns, ntmp)
+    {
+        HASH_DEL(m->namespaces, ns);
+        nm_namespace_free(ns);
+    }
+    nm_model_clear_touched(m);
+    free(m);
+}
+
+nm_instance_t *nm_model_instance(const nm_model_t *m, const char *id)
+{
+    nm_instance_t *in = NULL;
+    HASH_FIND_STR(m->instances, id, in);
+    return in;
+}
+
+nm_service_t *nm_model_service(const nm_model_t *m, const char *ns, const char *name)
+{
+    char *key = nm_service_key(ns, name);
+    nm_service_t *s = NULL;
+    HASH_FIND_STR(m->services, key, s);
+    free(key);
+    return s;
+}
+
+nm_namespace_t *nm_model_namespace(const nm_model_t *m, const char *name)
+{
+    nm_namespace_t *ns = NULL;
+    HASH_FIND_STR(m->namespaces, name, ns);
+    return ns;
+}
+
+static void touch(nm_model_t *m, const nm_service_t *s)
+{
+    nm_touch_t *t = NULL;
+    HASH_FIND_STR(m->touched, s->key, t);
+    if (t)
+        return;
+    t = nm_xcalloc(1, sizeof *t);
+    t->key = nm_xstrdup(s->key);
+    t->ns = nm_xstrdup(s->ns);
+    t->name = nm_xstrdup(s->name);
+    HASH_ADD_KEYPTR(hh, m->touched, t->key, strlen(t->key), t);
+}
+
+/* Drop a service that has neither a row nor instances. */
+static void maybe_remove_service(nm_model_t *m, nm_service_t *s)
+{
+    if (s->has_row || HASH_CNT(hh_svc, s->instances) > 0)
+        return;
+    HASH_DEL(m->services, s);
+    nm_service_free(s);
+}
+
+static nm_service_t *service_get_or_add(nm_model_t *m, const char *ns, const char *name)
+{
+    nm_service_t *s = nm_model_service(m, ns, name);
+    if (s)
+        return s;
+    s = nm_service_new(ns, name);
+    HASH_ADD_KEYPTR(hh, m->services, s->key, strlen(s->key), s);
+    return s;
+}
+
+static void instance_detach(nm_model_t *m, nm_instance_t *in)
+{
+    nm_service_t *s = in->svc;
+    HASH_DEL(m->instances, in);
+    if (s) {
+        HASH_DELETE(hh_svc, s->instances, in);
+        s->n_instances = HASH_CNT(hh_svc, s->instances);
+        touch(m, s);
+        maybe_remove_service(m, s);
+    }
+    in->svc = NULL;
+}
+
+/* An instance that stays in its service takes the row's content in place:
+ * it keeps its position in the service's id-ordered list. */
+static void instance_take_fields(nm_instance_t *cur, nm_instance_t *row)
+{
+#define SWAP(f)                                                                                                        \
+    do {                                                                                                               \
+        char *t_ = cur->f;                                                                                             \
+        cur->f = row->f;                                                                                               \
+        row->f = t_;                                                                                                   \
+    } while (0)
+    SWAP(vpc_id);
+    SWAP(host);
+    SWAP(protocol);
+    SWAP(version);
+    SWAP(region);
+    SWAP(zone);
+    SWAP(campus);
+    SWAP(logic_set);
+    SWAP(nacos_group);
+    SWAP(nacos_cluster);
+    SWAP(eureka_app);
+    SWAP(eureka_status);
+    SWAP(eureka_overridden_status);
+    SWAP(origin);
+#undef SWAP
+    nm_meta_t tm = cur->meta;
+    cur->meta = row->meta;
+    row->meta = tm;
+    cur->port = row->port;
+    cur->priority = row->priority;
+    cur->weight = row->weight;
+    cur->hc_type = row->hc_type;
+    cur->hc_ttl = row->hc_ttl;
+    cur->enable_hc = row->enable_hc;
+    cur->healthy = row->healthy;
+    cur->isolate = row->isolate;
+    cur->ephemeral = row->ephemeral;
+    cur->eureka_last_dirty_ms = row->eureka_last_dirty_ms;
+    cur->ctime_ms = row->ctime_ms;
+    cur->mtime_ms = row->mtime_ms;
+    cur->row_version = row->row_version;
+    cur->seen = true;
+    nm_arena_free(&cur->pb_arena);
+    cur->pb = NULL;
+    nm_instance_revision(cur);
+    nm_instance_free(row);
+}
+
+int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row)
+{
+    nm_instance_t *cur = nm_model_instance(m, row->id);
+    if (cur && row->row_version <= cur->row_version) {
+        cur->seen = true;
+        nm_instance_free(row);
+        return 0;
+    }
+    if (!cur && row->deleted) {
+        nm_instance_free(row);
+        return 0;
+    }
+    if (cur && !row->deleted && strcmp(cur->ns, row->ns) == 0 && strcmp(cur->service, row->service) == 0) {
+        touch(m, cur->svc);
+        instance_take_fields(cur, row);
+        return 1;
+    }
+    if (cur) {
+        instance_detach(m, cur);
+        nm_instance_free(cur);
+    }
+    if (row->deleted) {
+        nm_instance_free(row);
+        return 1;
+    }
+    nm_service_t *s = service_get_or_add(m, row->ns, row->service);
+    row->svc = s;
+    row->seen = true;
+    row->pb = NULL;
+    nm_instance_revision(row);
+    if (s->instances) {
+        const nm_instance_t *tail = ELMT_FROM_HH(s->instances->hh_svc.tbl, s->instances->hh_svc.tbl->tail);
+        if (strcmp(tail->id, row->id) > 0)
+            s->unsorted = true;
+    }
+    HASH_ADD_KEYPTR(hh, m->instances, row->id, strlen(row->id), row);
+    HASH_ADD_KEYPTR(hh_svc, s->instances, row->id, strlen(row->id), row);
+    s->n_instances = HASH_CNT(hh_svc, s->instances);
+    touch(m, s);
+    return 1;
+}
+
+/* Move the row's fields into the model's service (which keeps its
+ * instances), then free what is left of the row. */
+static void service_take_fields(nm_service_t *dst, nm_service_t *row)
+{
+#define SWAP(f)                                                                                                        \
+    do {                                                                                                               \
+        char *t_ = dst->f;                                                                                             \
+        dst->f = row->f;                                                                                               \
+        row->f = t_;                                                                                                   \
+    } while (0)
+    SWAP(id);
+    SWAP(ports);
+    SWAP(business);
+    SWAP(department);
+    SWAP(cmdb_mod1);
+    SWAP(cmdb_mod2);
+    SWAP(cmdb_mod3);
+    SWAP(comment);
+    SWAP(owners);
+    SWAP(token);
+    SWAP(platform_id);
+#undef SWAP
+    nm_meta_t tm = dst->meta;
+    dst->meta = row->meta;
+    row->meta = tm;
+    dst->ctime_ms = row->ctime_ms;
+    dst->mtime_ms = row->mtime_ms;
+    dst->row_version = row->row_version;
+    nm_service_free(row);
+}
+
+static void service_clear_fields(nm_service_t *s)
+{
+    nm_service_t *blank = nm_service_new(s->ns, s->name);
+    int64_t v = s->row_version;
+    service_take_fields(s, blank);
+    s->row_version = v;
+    s->ctime_ms = s->mtime_ms = 0;
+}
+
+int nm_model_apply_service(nm_model_t *m, nm_service_t *row)
+{
+    nm_service_t *cur = nm_model_service(m, row->ns, row->name);
+    if (cur && row->row_version <= cur->row_version) {
+        if (cur->has_row)
+            cur->seen = true;
+        nm_service_free(row);
+        return 0;
+    }
+    if (row->deleted) {
+        if (!cur) {
+            nm_service_free(row);
+            return 0;
+        }
+        int64_t v = row->row_version;
+        nm_service_free(row);
+        bool had = cur->has_row;
+        cur->has_row = false;
+        service_clear_fields(cur);
+        cur->row_version = v;
+        if (had)
+            touch(m, cur);
+        maybe_remove_service(m, cur);
+        return 1;
+    }
+    if (!cur)
+        cur = service_get_or_add(m, row->ns, row->name);
+    service_take_fields(cur, row);
+    cur->has_row = true;
+    cur->seen = true;
+    touch(m, cur);
+    return 1;
+}
+
+int nm_model_apply_namespace(nm_model_t *m, nm_namespace_t *row)
+{
+    nm_namespace_t *cur = nm_model_namespace(m, row->name);
+    if (cur && row->row_version <= cur->row_version) {
+        cur->seen = true;
+        nm_namespace_free(row);
+        return 0;
+    }
+    if (!cur && row->deleted) {
+        nm_namespace_free(row);
+        return 0;
+    }
+    if (cur) {
+        HASH_DEL(m->namespaces, cur);
+        nm_namespace_free(cur);
+    }
+    m->namespaces_changed = true;
+    if (row->deleted) {
+        nm_namespace_free(row);
+        return 1;
+    }
+    nm_namespace_revision(row);
+    row->seen = true;
+    HASH_ADD_KEYPTR(hh, m->namespaces, row->name, strlen(row->name), row);
+    return 1;
+}
+
+void nm_model_finish(nm_model_t *m)
+{
+    for (nm_touch_t *t = m->touched; t; t = t->hh.next) {
+        nm_service_t *s = NULL;
+        HASH_FIND_STR(m->services, t->key, s);
+        if (s)
+            nm_service_refresh(s);
+    }
+}
+
+void nm_model_mark_unseen(nm_model_t *m)
+{
+    for (nm_instance_t *in = m->instances; in; in = in->hh.next)
+        in->seen = false;
+    for (nm_service_t *s = m->services; s; s = s->hh.next)
+        s->seen = false;
+    for (nm_namespace_t *ns = m->namespaces; ns; ns = ns->hh.next)
+        ns->seen = false;
+}
+
+void nm_model_sweep(nm_model_t *m)
+{
+    nm_instance_t *in, *itmp;
+    HASH_ITER(hh, m->instances, in, itmp)
+    {
+        if (in->seen)
+            continue;
+        instance_detach(m, in);
+        nm_instance_free(in);
+    }
+    nm_service_t *s, *stmp;
+    HASH_ITER(hh, m->services, s, stmp)
+    {
+        if (s->seen || !s->has_row)
+            continue;
+        s->has_row = false;
+        service_clear_fields(s);
+        touch(m, s);
+        maybe_remove_service(m, s);
+    }
+    nm_namespace_t *ns, *ntmp;
+    HASH_ITER(hh, m->namespaces, ns, ntmp)
+    {
+        if (ns->seen)
+            continue;
+        HASH_DEL(m->namespaces, ns);
+        nm_namespace_free(ns);
+        m->namespaces_changed = true;
+    }
+}
