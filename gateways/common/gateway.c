@@ -1,6 +1,8 @@
 /*
- * gateway.c: see gateway.h. Owns the worker clients of one gateway process
- * and the health checks in flight over them.
+ * gateway.c: see gateway.h. Owns the worker clients of one gateway process,
+ * the health checks in flight over them, and the naming read replica: the
+ * naming client's pushes and connection changes go straight to it
+ * (naming_replica.h), so it asks for a snapshot on every connect.
  *
  * A check keeps one slot per worker it asked; each slot's IPC reply fills
  * in its part, and the last one delivers the aggregate. When nothing could
@@ -19,6 +21,7 @@
 #include <event2/event.h>
 
 #include "log.h"
+#include "naming_replica.h"
 
 typedef struct gw_check gw_check_t;
 
@@ -46,7 +49,9 @@ typedef struct gw_worker {
 struct gw {
     struct event_base *base;
     char role[64];
-    int timeout_ms;
+    int timeout_ms;         /* liveness checks */
+    int request_timeout_ms; /* gw_request: ipc.request_timeout_ms */
+    nr_t *replica;          /* fed by the naming client's pushes and state */
     gw_worker_t workers[GW_MAX_WORKERS];
     size_t n_workers;
     gw_check_t *checks;
@@ -192,6 +197,39 @@ int gw_drain_bound_ms(const cfg_t *cfg)
     return total - reserve;
 }
 
+int gw_request(gw_t *gw, const char *worker_role, const Lodestar__Envelope *req, ipc_reply_cb cb, void *arg)
+{
+    if (gw->freeing)
+        return -ESHUTDOWN;
+    ipc_client_t *cl = gw_worker(gw, worker_role);
+    if (!cl)
+        return -ENOENT;
+    if (ipc_client_request(cl, req, gw->request_timeout_ms, cb, arg) < 0)
+        return -EIO;
+    return 0;
+}
+
+int gw_request_timeout_ms(const gw_t *gw) { return gw->request_timeout_ms; }
+
+struct event_base *gw_base(const gw_t *gw) { return gw->base; }
+
+struct nr *gw_replica(const gw_t *gw) { return gw->replica; }
+
+/* The naming client's callbacks: everything goes to the replica. */
+static void on_naming_push(ipc_client_t *cl, Lodestar__Envelope *push, void *arg)
+{
+    gw_t *gw = arg;
+    if (gw->replica)
+        nr_on_push(gw->replica, push);
+}
+
+static void on_naming_state(ipc_client_t *cl, bool connected, void *arg)
+{
+    gw_t *gw = arg;
+    if (gw->replica)
+        nr_on_state(gw->replica, connected);
+}
+
 gw_t *gw_new(struct event_base *base, const cfg_t *cfg, const char *role, char *err, size_t errlen)
 {
     gw_t *gw = calloc(1, sizeof *gw);
@@ -204,6 +242,7 @@ gw_t *gw_new(struct event_base *base, const cfg_t *cfg, const char *role, char *
     gw->timeout_ms = cfg->ipc.request_timeout_ms;
     if (gw->timeout_ms <= 0 || gw->timeout_ms > GW_LIVENESS_TIMEOUT_MS)
         gw->timeout_ms = GW_LIVENESS_TIMEOUT_MS;
+    gw->request_timeout_ms = cfg->ipc.request_timeout_ms > 0 ? cfg->ipc.request_timeout_ms : 5000;
 
     const struct {
         const char *role;
@@ -223,7 +262,9 @@ gw_t *gw_new(struct event_base *base, const cfg_t *cfg, const char *role, char *
             gw_free(gw);
             return NULL;
         }
-        ipc_client_t *cl = ipc_client_new(base, path, wanted[i].title, cfg->ipc.max_frame_bytes, NULL, NULL, NULL);
+        bool naming = strcmp(wanted[i].role, "naming") == 0;
+        ipc_client_t *cl = ipc_client_new(base, path, wanted[i].title, cfg->ipc.max_frame_bytes,
+                                          naming ? on_naming_push : NULL, naming ? on_naming_state : NULL, gw);
         if (!cl) {
             snprintf(err, errlen, "%s worker: cannot create an IPC client for %s", wanted[i].role, path);
             free(path);
@@ -232,6 +273,14 @@ gw_t *gw_new(struct event_base *base, const cfg_t *cfg, const char *role, char *
         }
         free(path);
         gw->workers[gw->n_workers++] = (gw_worker_t){.role = wanted[i].role, .cl = cl};
+        if (naming) {
+            gw->replica = nr_new(base, cl, gw->request_timeout_ms);
+            if (!gw->replica) {
+                snprintf(err, errlen, "naming worker: cannot set up the naming read replica");
+                gw_free(gw);
+                return NULL;
+            }
+        }
     }
     return gw;
 }
@@ -249,6 +298,9 @@ void gw_free(gw_t *gw)
     /* Checks waiting only for their zero-delay delivery. */
     while (gw->checks)
         check_deliver(gw->checks);
+    /* After the clients: a snapshot request failed above found it alive. */
+    nr_free(gw->replica);
+    gw->replica = NULL;
     free(gw);
 }
 

@@ -6,7 +6,8 @@
  * (cfg_ipc_path), reconnecting by itself. On top of them sits the liveness
  * chain every protocol exposes (HTTP /healthz, grpc.health.v1): a
  * PingRequest to every enabled worker, each of which answers after a round
- * trip to PostgreSQL.
+ * trip to PostgreSQL. With the naming worker enabled, the gateway also
+ * keeps the naming read replica (gw_replica) that discovery answers from.
  *
  * Rules kept here:
  *  - a health check's callback runs exactly once, always from the event
@@ -86,6 +87,17 @@ struct nr;
 /* The naming read replica fed by the naming worker (NULL when the naming
  * worker is disabled). Owned by the gw_t. */
 struct nr *gw_replica(const gw_t *gw);
+
+/* Send a request to an enabled worker ("naming", "health") with the
+ * configured ipc.request_timeout_ms; cb runs exactly once (with the
+ * ipc_client_request statuses), never inside this call. Returns 0,
+ * -ENOENT when that worker is not enabled, -ESHUTDOWN while the gateway is
+ * being freed, -EIO when the request could not be queued (cb not called). */
+int gw_request(gw_t *gw, const char *worker_role, const Lodestar__Envelope *req, ipc_reply_cb cb, void *arg);
+/* The timeout gw_request applies, in milliseconds. */
+int gw_request_timeout_ms(const gw_t *gw);
+/* The event base the gateway runs on. */
+struct event_base *gw_base(const gw_t *gw);
 
 /* Serve one inherited listening socket (non-blocking already). Return 0, or
  * -1 with a reason in err. */

@@ -15,7 +15,14 @@
  * Call lifetime. A call object holds gRPC core's grpc_call while any batch
  * is outstanding or until RECV_CLOSE_ON_SERVER completed (the call is over
  * on the wire, by final status or cancellation). The object itself lives on
- * while a handler owes its reply, so a deferred gs_reply always finds it.
+ * while a handler owes its unary reply, so a deferred gs_reply always finds
+ * it. A streaming call ends when gRPC core's call is released: its on_done
+ * runs then, once, and the object goes with it.
+ *
+ * Streams. One RECV_MESSAGE at a time (the next after on_message returned,
+ * unless paused or too many answers are queued), one SEND batch at a time
+ * fed from the call's queue, the final status after the last queued
+ * message: the same queue and pump as a unary reply.
  */
 #include "grpc_server.h"
 
@@ -55,6 +62,7 @@
 #define GS_FREE_WAIT_MS 5000             /* gs_server_free's bound on gRPC core */
 #define GS_ACCEPT_PAUSE_MS 500           /* after accept() failed (EMFILE...) */
 #define GS_PEER_LEN 72                   /* "ipv6:[<46>]:65535" */
+#define GS_STREAM_MAX_QUEUED 64          /* a stream stops reading beyond this many unsent answers */
 
 enum tag_kind { TAG_REQUEST, TAG_RECV, TAG_SEND, TAG_CLOSE, TAG_SHUTDOWN };
 
@@ -67,7 +75,8 @@ typedef struct gs_tag {
 
 typedef struct gs_method {
     char *path;
-    gs_unary_fn unary;
+    gs_unary_fn unary;      /* NULL for a streaming method */
+    gs_stream_handlers_t h; /* streaming methods */
     void *arg;
 } gs_method_t;
 
@@ -102,7 +111,18 @@ struct gs_call {
     grpc_byte_buffer *recv_bb;
     grpc_byte_buffer *send_bb;
     gs_outmsg_t *outq, *outq_tail;
+    size_t outq_len;      /* messages queued, not yet handed to gRPC core */
     struct gs_call *prev, *next; /* server's list of live calls */
+
+    /* streaming calls */
+    bool stream;
+    gs_stream_handlers_t h; /* copied: the call may outlive the server */
+    void *harg;
+    void *user;
+    bool recv_inflight;
+    bool recv_paused;     /* by the handler (gs_stream_pause) */
+    bool half_closed;     /* the client sent its last message */
+    bool done_called;
 };
 
 typedef struct gs_listener {
@@ -294,6 +314,7 @@ static void call_list_remove(gs_server_t *s, gs_call_t *c)
 
 static void call_drop_outq(gs_call_t *c)
 {
+    c->outq_len = 0;
     while (c->outq) {
         gs_outmsg_t *m = c->outq;
         c->outq = m->next;
@@ -325,6 +346,13 @@ static void call_maybe_release(gs_call_t *c)
     call_drop_outq(c);
     if (c->awaiting_reply)
         return;
+    if (c->stream && !c->done_called) {
+        /* The stream is over and nothing of ours is outstanding: tell the
+         * handler once, then the call goes away. */
+        c->done_called = true;
+        if (c->h.on_done)
+            c->h.on_done(c, c->cancelled || !c->finish_sent, c->harg);
+    }
     if (c->srv && (c->prev || c->next || c->srv->calls == c))
         call_list_remove(c->srv, c);
     free(c->method);
@@ -371,6 +399,7 @@ static int call_pump(gs_call_t *c)
         c->outq = m->next;
         if (!c->outq)
             c->outq_tail = NULL;
+        c->outq_len--;
         c->send_bb = m->bb;
         free(m);
         has_msg = true;
@@ -420,6 +449,42 @@ static void call_recv_next(gs_call_t *c)
     op.data.recv_message.recv_message = &c->recv_bb;
     if (call_start(c, &op, 1, &c->t_recv) != 0)
         grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to receive", NULL);
+    else
+        c->recv_inflight = true;
+}
+
+/* A stream reads its next message only when the previous one was handled,
+ * the handler did not pause it, and not too many answers wait to go out:
+ * a client that does not read its answers stops being read (and gRPC's
+ * flow control then stops the client). */
+static bool stream_may_read(const gs_call_t *c)
+{
+    return c->stream && c->gc && !c->closed && !c->recv_inflight && !c->recv_paused && !c->half_closed &&
+           !c->finish_queued && c->outq_len < GS_STREAM_MAX_QUEUED;
+}
+
+static void stream_read_more(gs_call_t *c)
+{
+    if (stream_may_read(c))
+        call_recv_next(c);
+}
+
+/* Queue one outgoing message (copied) behind the ones already queued. */
+static int call_enqueue(gs_call_t *c, const uint8_t *msg, size_t len)
+{
+    gs_outmsg_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return -ENOMEM;
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(msg ? msg : (const uint8_t *)""), len);
+    m->bb = grpc_raw_byte_buffer_create(&sl, 1);
+    grpc_slice_unref(sl);
+    if (c->outq_tail)
+        c->outq_tail->next = m;
+    else
+        c->outq = m;
+    c->outq_tail = m;
+    c->outq_len++;
+    return 0;
 }
 
 static int request_one(gs_server_t *s)
@@ -498,20 +563,67 @@ static void on_request_done(gs_call_t *c, bool success)
         snprintf(msg, sizeof msg, "unknown method %s", c->method);
         call_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg);
         call_pump(c);
+    } else if (!c->m->unary) {
+        c->stream = true;
+        c->h = c->m->h;
+        c->harg = c->m->arg;
+        if (c->h.on_open)
+            c->h.on_open(c, c->harg);
+        stream_read_more(c);
     } else {
         call_recv_next(c);
     }
     call_maybe_release(c);
 }
 
+/* A streaming call received a message, or (bb NULL) the client's
+ * half-close. */
+static void stream_on_recv(gs_call_t *c, grpc_byte_buffer *bb)
+{
+    if (!bb) {
+        /* The client's messages ended: a half-close, or a cancel whose
+         * close completion has not been seen yet (gRPC core ends the
+         * messages either way; on_done then says cancelled). */
+        c->half_closed = true;
+        if (c->h.on_half_close)
+            c->h.on_half_close(c, c->harg);
+        else
+            call_finish(c, GRPC_STATUS_OK, NULL);
+        call_pump(c);
+        return;
+    }
+    grpc_byte_buffer_reader rd;
+    if (!grpc_byte_buffer_reader_init(&rd, bb)) {
+        grpc_byte_buffer_destroy(bb);
+        call_finish(c, GRPC_STATUS_INTERNAL, "stream message cannot be decompressed");
+        call_pump(c);
+        return;
+    }
+    grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    grpc_byte_buffer_destroy(bb);
+    size_t len = GRPC_SLICE_LENGTH(all);
+    const uint8_t *data = len ? GRPC_SLICE_START_PTR(all) : (const uint8_t *)"";
+    if (c->h.on_message && !c->finish_queued)
+        c->h.on_message(c, data, len, c->harg);
+    grpc_slice_unref(all);
+    stream_read_more(c);
+}
+
 static void on_recv_done(gs_call_t *c, bool success)
 {
     c->ops--;
+    c->recv_inflight = false;
     grpc_byte_buffer *bb = c->recv_bb;
     c->recv_bb = NULL;
     if (!success || c->closed || !c->gc) {
         if (bb)
             grpc_byte_buffer_destroy(bb);
+        call_maybe_release(c);
+        return;
+    }
+    if (c->stream) {
+        stream_on_recv(c, bb);
         call_maybe_release(c);
         return;
     }
@@ -551,10 +663,12 @@ static void on_send_done(gs_call_t *c, bool success)
         grpc_byte_buffer_destroy(c->send_bb);
         c->send_bb = NULL;
     }
-    if (success)
+    if (success) {
         call_pump(c);
-    else
+        stream_read_more(c);
+    } else {
         call_drop_outq(c);
+    }
     call_maybe_release(c);
 }
 
@@ -572,6 +686,8 @@ int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp,
 {
     if (!c)
         return -EINVAL;
+    if (c->stream)
+        return -EINVAL;
     if (!c->awaiting_reply || c->replied)
         return -EALREADY;
     c->replied = true;
@@ -581,27 +697,73 @@ int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp,
         return -ECANCELED;
     }
     int rc = 0;
-    if (status == GS_OK) {
-        gs_outmsg_t *m = calloc(1, sizeof *m);
-        if (!m) {
-            status = GS_RESOURCE_EXHAUSTED;
-            details = "server out of memory";
-        } else {
-            grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(resp ? resp : (const uint8_t *)""), len);
-            m->bb = grpc_raw_byte_buffer_create(&sl, 1);
-            grpc_slice_unref(sl);
-            if (c->outq_tail)
-                c->outq_tail->next = m;
-            else
-                c->outq = m;
-            c->outq_tail = m;
-        }
+    if (status == GS_OK && call_enqueue(c, resp, len) < 0) {
+        status = GS_RESOURCE_EXHAUSTED;
+        details = "server out of memory";
     }
     call_finish(c, (grpc_status_code)status, status == GS_OK ? NULL : details);
     rc = call_pump(c);
     call_maybe_release(c);
     return rc;
 }
+
+/* True when nothing more may be sent on a streaming call. */
+static bool stream_over(const gs_call_t *c)
+{
+    return !c->gc || c->closed || !c->srv || c->done_called;
+}
+
+int gs_stream_send(gs_call_t *c, const uint8_t *msg, size_t len)
+{
+    if (!c || !c->stream)
+        return -EINVAL;
+    if (stream_over(c))
+        return -ECANCELED;
+    if (c->finish_queued)
+        return -EALREADY;
+    if (call_enqueue(c, msg, len) < 0)
+        return -ENOMEM;
+    return call_pump(c);
+}
+
+int gs_stream_finish(gs_call_t *c, int status, const char *details)
+{
+    if (!c || !c->stream)
+        return -EINVAL;
+    if (c->finish_queued)
+        return -EALREADY;
+    if (stream_over(c))
+        return -ECANCELED;
+    call_finish(c, (grpc_status_code)status, status == GS_OK ? NULL : details);
+    return call_pump(c);
+}
+
+void gs_stream_pause(gs_call_t *c)
+{
+    if (c && c->stream)
+        c->recv_paused = true;
+}
+
+void gs_stream_resume(gs_call_t *c)
+{
+    if (!c || !c->stream || !c->recv_paused)
+        return;
+    c->recv_paused = false;
+    if (!stream_over(c))
+        stream_read_more(c);
+}
+
+size_t gs_stream_queued(const gs_call_t *c) { return c ? c->outq_len + (c->send_inflight ? 1 : 0) : 0; }
+
+bool gs_stream_half_closed(const gs_call_t *c) { return c && c->half_closed; }
+
+void gs_call_set_user(gs_call_t *c, void *user)
+{
+    if (c)
+        c->user = user;
+}
+
+void *gs_call_user(const gs_call_t *c) { return c ? c->user : NULL; }
 
 const char *gs_call_method(const gs_call_t *c) { return c->method ? c->method : ""; }
 
@@ -805,6 +967,37 @@ int gs_server_add_unary(gs_server_t *s, const char *method, gs_unary_fn fn, void
         return -ENOMEM;
     }
     s->methods[s->n_methods++] = (gs_method_t){.path = p, .unary = fn, .arg = arg};
+    return 0;
+}
+
+int gs_server_add_stream(gs_server_t *s, const char *method, const gs_stream_handlers_t *h, void *arg, char *err,
+                         size_t errlen)
+{
+    if (!method || method[0] != '/' || !strchr(method + 1, '/') || !h || !h->on_message) {
+        snprintf(err, errlen, "method '%s': expected a path \"/package.Service/Method\" and an on_message handler",
+                 method ? method : "(null)");
+        return -EINVAL;
+    }
+    if (s->state != GS_ST_NEW) {
+        snprintf(err, errlen, "method %s: server already started", method);
+        return -EINVAL;
+    }
+    if (find_method(s, method)) {
+        snprintf(err, errlen, "method %s: registered twice", method);
+        return -EINVAL;
+    }
+    gs_method_t *arr = realloc(s->methods, (s->n_methods + 1) * sizeof *arr);
+    if (!arr) {
+        snprintf(err, errlen, "method %s: out of memory", method);
+        return -ENOMEM;
+    }
+    s->methods = arr;
+    char *p = strdup(method);
+    if (!p) {
+        snprintf(err, errlen, "method %s: out of memory", method);
+        return -ENOMEM;
+    }
+    s->methods[s->n_methods++] = (gs_method_t){.path = p, .h = *h, .arg = arg};
     return 0;
 }
 

@@ -23,13 +23,28 @@
  * gs_reply(), at once or later from another callback. The call object stays
  * valid until that reply, even when the client cancelled or the deadline
  * passed meanwhile (gs_call_cancelled() tells; the reply is then dropped).
- * The call object is the unit a streaming API will build on: it already
- * carries an outgoing message queue, an incoming-message step and a separate
- * final-status step internally.
+ *
+ * Streams (client, server or bidirectional streaming methods; they look the
+ * same from here). A streaming method has handlers instead of one unary
+ * function: on_open when the call arrives, on_message per message the
+ * client sends (the next one is read only after it returned), on_half_close
+ * when the client sent its last message, and on_done exactly once when the
+ * call is over on the wire (finished by us, cancelled by the client, past
+ * its deadline, or cancelled by the drain) and nothing of ours is still
+ * outstanding; the call object is freed right after on_done returns, so
+ * handlers must drop every reference to it there. Messages go out with
+ * gs_stream_send (copied, queued, sent in order, one SEND at a time) and the
+ * call ends with gs_stream_finish (the status follows the queued messages).
+ * At most one operation of each kind is outstanding on a call; a stream
+ * whose client does not read its answers stops being read once 64 answers
+ * wait (GS_STREAM_MAX_QUEUED in grpc_server.c), and handlers may pause
+ * reading too
+ * (gs_stream_pause / gs_stream_resume).
  *
  * Drain. gs_server_drain() stops accepting connections, asks gRPC core for
  * a graceful shutdown (GOAWAY; running calls continue), cancels every call
- * still running when the bound expires, then tears the server down
+ * still running when the bound expires (open streams included: their
+ * on_done runs with cancelled true), then tears the server down
  * (grpc_server_destroy, completion queue shutdown, grpc_shutdown) and calls
  * the done callback.
  */
@@ -71,6 +86,25 @@ typedef struct gs_call gs_call_t;
  * later, exactly once. */
 typedef void (*gs_unary_fn)(gs_call_t *call, const uint8_t *req, size_t len, void *arg);
 
+/* Streaming method handlers; on_message is required, the rest optional.
+ *  on_open(call)            the call arrived; may already send or finish.
+ *  on_message(call, m, n)   one message from the client, valid only during
+ *                           the callback.
+ *  on_half_close(call)      the client will send nothing more; without this
+ *                           handler the call is finished with OK (after the
+ *                           queued messages). A client's cancel also ends
+ *                           its messages, so this may run just before an
+ *                           on_done that says cancelled.
+ *  on_done(call, cancelled) the call is over; cancelled is false only when
+ *                           our gs_stream_finish status went out. The call
+ *                           is freed when it returns. */
+typedef struct gs_stream_handlers {
+    void (*on_open)(gs_call_t *call, void *arg);
+    void (*on_message)(gs_call_t *call, const uint8_t *msg, size_t len, void *arg);
+    void (*on_half_close)(gs_call_t *call, void *arg);
+    void (*on_done)(gs_call_t *call, bool cancelled, void *arg);
+} gs_stream_handlers_t;
+
 /* The drain finished; the server is torn down (gs_server_free still needed).
  * `clean` is false when calls had to be cancelled at the bound. */
 typedef void (*gs_drained_fn)(gs_server_t *s, bool clean, void *arg);
@@ -88,6 +122,11 @@ gs_server_t *gs_server_new(struct event_base *base, const gs_options_t *opt, cha
  * Only before gs_server_start. 0, or -EINVAL (bad path, duplicate, started). */
 int gs_server_add_unary(gs_server_t *s, const char *method, gs_unary_fn fn, void *arg, char *err,
                         size_t errlen);
+
+/* Register a streaming method (handlers are copied). Same rules and
+ * errors as gs_server_add_unary. */
+int gs_server_add_stream(gs_server_t *s, const char *method, const gs_stream_handlers_t *h, void *arg, char *err,
+                         size_t errlen);
 
 /* Serve connections accepted on a listening socket the caller owns (it is
  * made non-blocking, never closed here). `name` labels it in logs. Only
@@ -114,12 +153,32 @@ size_t gs_server_active_calls(const gs_server_t *s);
  * replied yet stay valid until their gs_reply, which then only frees them. */
 void gs_server_free(gs_server_t *s);
 
-/* Answer a call: status GS_OK with the serialized response (len may be 0),
- * or an error status with optional details (resp is then ignored).
+/* Answer a unary call: status GS_OK with the serialized response (len may
+ * be 0), or an error status with optional details (resp is then ignored).
  * Returns 0; -ECANCELED when the call was already cancelled (the reply is
  * dropped, the call is freed all the same); -EALREADY on a second reply
- * (the call is not touched); -EIO when gRPC core refused the batch. */
+ * (the call is not touched); -EINVAL on a streaming call; -EIO when gRPC
+ * core refused the batch. */
 int gs_reply(gs_call_t *call, int status, const char *details, const uint8_t *resp, size_t len);
+
+/* Streams: queue one message (copied). 0; -EALREADY after gs_stream_finish;
+ * -ECANCELED when the call is over (the message is dropped); -EINVAL on a
+ * unary call; -ENOMEM; -EIO when gRPC core refused the batch. */
+int gs_stream_send(gs_call_t *call, const uint8_t *msg, size_t len);
+/* Streams: end the call with status (details only for errors) once the
+ * queued messages went out. 0, -EALREADY on a second finish, -ECANCELED,
+ * -EINVAL, -EIO as above. */
+int gs_stream_finish(gs_call_t *call, int status, const char *details);
+/* Streams: stop / restart reading the client's messages. */
+void gs_stream_pause(gs_call_t *call);
+void gs_stream_resume(gs_call_t *call);
+/* Streams: messages queued or in flight towards the client. */
+size_t gs_stream_queued(const gs_call_t *call);
+/* Streams: the client half-closed. */
+bool gs_stream_half_closed(const gs_call_t *call);
+/* A pointer the handler keeps with the call (streams: per-stream state). */
+void gs_call_set_user(gs_call_t *call, void *user);
+void *gs_call_user(const gs_call_t *call);
 
 /* Full method path of the call. */
 const char *gs_call_method(const gs_call_t *call);

@@ -70,7 +70,9 @@ void nr_foreach_service(const nr_t *r, const char *ns, void (*fn)(const nr_servi
 /* Namespaces as the worker last sent them. */
 size_t nr_namespaces(const nr_t *r, V1__Namespace *const **out);
 /* Revision of the service list of a namespace (changes when a service is
- * added or removed there), for DiscoverRequest type SERVICES. */
+ * added or removed there), for DiscoverRequest type SERVICES. ns NULL or ""
+ * means every namespace. "" when there is no live service to list. The
+ * string stays valid until the next change. */
 const char *nr_services_revision(nr_t *r, const char *ns);
 
 /* Register a listener for changes (at most a few; e.g. watchers). */
@@ -78,5 +80,10 @@ int nr_on_change(nr_t *r, nr_change_fn fn, void *arg);
 
 /* Cache slot helpers: the data is freed with free() on change. */
 nr_cache_slot_t *nr_cache(const nr_service_t *svc, int slot);
+
+/* Highest change seq applied so far (snapshot or push); 0 before any. */
+uint64_t nr_seq(const nr_t *r);
+/* Live services in the replica. */
+size_t nr_service_count(const nr_t *r);
 
 #endif

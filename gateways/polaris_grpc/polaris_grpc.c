@@ -2,26 +2,26 @@
  * polaris_grpc.c: the polaris-grpc gateway role. One gRPC server serves
  * every enabled listener whose protocol is polaris-grpc (by default 8091
  * for naming and 8093 for config), on the listening sockets the supervisor
- * passed in. For now it serves grpc.health.v1.Health/Check for the whole
- * server ("") and for the Polaris services it will carry.
+ * passed in: v1.PolarisGRPC (naming_api.c, heartbeat_api.c),
+ * v1.PolarisHeartbeatGRPC (heartbeat_api.c), and grpc.health.v1.Health for
+ * the whole server ("") and the Polaris services.
  *
- * Drain (SIGTERM/SIGHUP): the gRPC server stops accepting, lets running
- * calls finish, and cancels what is left shortly before the child's own
- * drain bound, so the process still exits through a clean teardown.
+ * Drain (SIGTERM/SIGHUP): health watchers are told NOT_SERVING and ended;
+ * Discover streams are ended with UNAVAILABLE so SDKs reconnect (to the
+ * next gateway on the same supervisor-held socket); BatchHeartbeat streams
+ * stop reading and end once their beats are answered; then the gRPC server
+ * stops accepting, lets running calls finish, and cancels what is left
+ * shortly before the child's own drain bound, so the process still exits
+ * through a clean teardown.
  */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "child.h"
-#include "common/gateway.h"
-#include "common/grpc_health.h"
-#include "common/grpc_server.h"
 #include "common/roles.h"
 #include "log.h"
-
-#define PG_ROLE "polaris-grpc"
+#include "pg.h"
 
 static const char *const pg_health_services[] = {
     "v1.PolarisGRPC",
@@ -29,13 +29,6 @@ static const char *const pg_health_services[] = {
     "v1.PolarisHeartbeatGRPC",
     NULL,
 };
-
-typedef struct pg_state {
-    child_t *c;
-    gw_t *gw;
-    gs_server_t *srv;
-    gw_grpc_health_t health;
-} pg_state_t;
 
 static int pg_serve_listener(const cfg_listener_t *l, int fd, void *arg, char *err, size_t errlen)
 {
@@ -69,6 +62,10 @@ static int pg_init(child_t *c)
         log_error("cannot register the health service: %s", err);
         return -1;
     }
+    if (pg_naming_register(st, err, sizeof err) < 0 || pg_heartbeat_register(st, err, sizeof err) < 0) {
+        log_error("cannot register the Polaris services: %s", err);
+        return -1;
+    }
 
     if (gw_each_listener(c, PG_ROLE, pg_serve_listener, st) < 0)
         return -1;
@@ -91,6 +88,12 @@ static void pg_on_drained(gs_server_t *s, bool clean, void *arg)
 static void pg_drain(child_t *c)
 {
     pg_state_t *st = c->state;
+    st->draining = true;
+    gw_grpc_health_shutdown(&st->health);
+    for (pg_stream_t *ps = st->streams, *next; ps; ps = next) {
+        next = ps->next; /* a drain may end the stream at once */
+        ps->drain(ps);
+    }
     gs_server_drain(st->srv, gw_drain_bound_ms(c->cfg), pg_on_drained, c);
 }
 
@@ -99,10 +102,15 @@ static void pg_fini(child_t *c)
     pg_state_t *st = c->state;
     if (!st)
         return;
-    /* Worker clients first: checks still waiting answer their calls, which
-     * stay valid until answered; then the server. */
+    /* Worker clients first: checks, writes and beats still waiting answer
+     * their calls, which stay valid until answered; beats never sent are
+     * answered next; then the server (handlers that still run during its
+     * shutdown see st->gw NULL); the health watch state last. */
     gw_free(st->gw);
+    st->gw = NULL;
+    pg_heartbeat_free(st);
     gs_server_free(st->srv);
+    gw_grpc_health_free(&st->health);
     free(st);
     c->state = NULL;
 }

@@ -2,7 +2,9 @@
  * test_grpc_server.c: the gRPC core wrapper (gateways/common/grpc_server.c)
  * served in-process on a listening socket the test owns, the way the
  * supervisor hands one to a gateway, and called by real gRPC clients
- * (tests/support/grpc_client.c) from a thread or from forked processes.
+ * (tests/support/grpc_client.c) from a thread or from forked processes:
+ * unary calls, and streams (echo both ways, half-close, server finish,
+ * client cancel, drain bound).
  *
  * The libevent loop runs on the test's main thread; client threads report
  * back through a pipe the loop watches. Forked clients are forked before
@@ -20,6 +22,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <event2/event.h>
@@ -38,14 +41,18 @@ static gs_server_t *srv;
 static int listen_fd = -1;
 static char target[64];
 static struct event *guard; /* fails the test instead of hanging */
+static struct event *pause_timer; /* stream tests: resumes a paused stream */
 
 static int drained_count;
 static bool drained_clean;
 static int late_reply_rc = 1;
 
+static bool guard_fired;
+
 static void on_guard(evutil_socket_t fd, short what, void *arg)
 {
     cr_log_error("test timed out");
+    guard_fired = true;
     event_base_loopbreak(base);
 }
 
@@ -67,11 +74,15 @@ static void setup(void)
     evtimer_add(guard, &tv);
     drained_count = 0;
     drained_clean = false;
+    guard_fired = false;
     late_reply_rc = 1;
 }
 
 static void teardown_fixture(void)
 {
+    if (pause_timer)
+        event_free(pause_timer);
+    pause_timer = NULL;
     if (srv)
         gs_server_free(srv);
     srv = NULL;
@@ -242,7 +253,9 @@ Test(grpc_server, echo_unknown_and_many_sequential_calls)
     cr_assert_eq(r.job.ok, 1, "echo body mismatch");
     cr_assert(strncmp(echo_peer, "ipv4:127.0.0.1:", 15) == 0, "peer should be the client's address, got '%s'",
               echo_peer);
-    cr_assert(echo_remaining_ms > 0 && echo_remaining_ms <= 2000, "deadline left %lld ms, expected 1..2000",
+    /* the deadline crosses clocks (client realtime, server monotonic), so
+     * allow a few milliseconds of conversion error above the 2000 */
+    cr_assert(echo_remaining_ms > 0 && echo_remaining_ms <= 2050, "deadline left %lld ms, expected 1..2050",
               (long long)echo_remaining_ms);
 
     run_client(&r, "/lodestar.test.Echo/Missing", 1, 2000, "x");
@@ -476,4 +489,407 @@ Test(grpc_server, registration_errors_name_the_input)
     cr_assert(strstr(err, "not-listening"), "error should name the listener: %s", err);
     close(fd);
     /* never started: freeing must still shut gRPC core down cleanly */
+}
+
+/* ------------------------------------------------------------ streams */
+
+#define STREAM "/lodestar.test.Echo/Stream"
+
+/* Server side of the echo stream: echoes every message; "finish" ends the
+ * call with FAILED_PRECONDITION, "burst N" sends N numbered messages; on
+ * the client's half-close it says "bye" and finishes OK. */
+typedef struct stream_stats {
+    int opened, messages, half_closes, done;
+    bool done_cancelled;
+    int send_after_done_rc;
+    int finish_twice_rc;
+} stream_stats_t;
+
+static stream_stats_t sst;
+static gs_call_t *pause_call;
+
+static void on_pause_timer(evutil_socket_t fd, short what, void *arg)
+{
+    sst.messages += 1000; /* marks that the timer ran before the next message */
+    cr_assert_eq(gs_stream_send(pause_call, (const uint8_t *)"resumed", 7), 0, "resumed");
+    gs_stream_resume(pause_call);
+}
+
+static void st_open(gs_call_t *call, void *arg)
+{
+    sst.opened++;
+    gs_call_set_user(call, &sst);
+    cr_assert_str_eq(gs_call_method(call), STREAM, "method seen by on_open");
+}
+
+static void st_message(gs_call_t *call, const uint8_t *msg, size_t len, void *arg)
+{
+    cr_assert_eq(gs_call_user(call), &sst, "per-stream pointer kept with the call");
+    sst.messages++;
+    char buf[64] = {0};
+    memcpy(buf, msg, len < sizeof buf - 1 ? len : sizeof buf - 1);
+    if (strcmp(buf, "finish") == 0) {
+        cr_assert_eq(gs_stream_finish(call, GS_FAILED_PRECONDITION, "finished by server"), 0, "finish");
+        sst.finish_twice_rc = gs_stream_finish(call, GS_OK, NULL);
+        return;
+    }
+    if (strcmp(buf, "pause") == 0) {
+        /* stop reading; a timer resumes after answering "resumed" */
+        gs_stream_pause(call);
+        pause_call = call;
+        struct timeval tv = {0, 200 * 1000};
+        evtimer_add(pause_timer, &tv);
+        return;
+    }
+    if (strncmp(buf, "burst ", 6) == 0) {
+        int n = atoi(buf + 6);
+        for (int i = 0; i < n; i++) {
+            char out[32];
+            int k = snprintf(out, sizeof out, "burst %d", i);
+            cr_assert_eq(gs_stream_send(call, (const uint8_t *)out, (size_t)k), 0, "burst send %d", i);
+        }
+        return;
+    }
+    cr_assert_eq(gs_stream_send(call, msg, len), 0, "echo send");
+}
+
+static void st_half_close(gs_call_t *call, void *arg)
+{
+    sst.half_closes++;
+    cr_assert(gs_stream_half_closed(call), "half-closed flag");
+    cr_assert_eq(gs_stream_send(call, (const uint8_t *)"bye", 3), 0, "bye");
+    cr_assert_eq(gs_stream_finish(call, GS_OK, NULL), 0, "finish after half-close");
+}
+
+static void st_done(gs_call_t *call, bool cancelled, void *arg)
+{
+    sst.done++;
+    sst.done_cancelled = cancelled;
+    sst.send_after_done_rc = gs_stream_send(call, (const uint8_t *)"late", 4);
+}
+
+static void start_stream_server(void)
+{
+    memset(&sst, 0, sizeof sst);
+    pause_call = NULL;
+    if (!pause_timer)
+        pause_timer = evtimer_new(base, on_pause_timer, NULL);
+    char err[256] = "";
+    srv = gs_server_new(base, &(gs_options_t){.name = "test grpc"}, err, sizeof err);
+    cr_assert(srv, "gs_server_new: %s", err);
+    gs_stream_handlers_t h = {
+        .on_open = st_open, .on_message = st_message, .on_half_close = st_half_close, .on_done = st_done};
+    cr_assert_eq(gs_server_add_stream(srv, STREAM, &h, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_unary(srv, ECHO, echo, &echo_count, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_listener(srv, listen_fd, "test-grpc", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_start(srv, err, sizeof err), 0, "%s", err);
+}
+
+/* What the client thread did, checked on the main thread afterwards. */
+enum stream_script { SCRIPT_ECHO_MANY, SCRIPT_SERVER_FINISH, SCRIPT_CANCEL, SCRIPT_IDLE, SCRIPT_PAUSE };
+
+typedef struct stream_job {
+    enum stream_script script;
+    int done_fd;
+    int release_fd;     /* SCRIPT_IDLE: wait for this before closing */
+    char failure[256];  /* first thing that went wrong, "" when all fine */
+    int echoed, burst, status;
+    char details[128];
+} stream_job_t;
+
+#define JOB_FAIL(j, ...)                                                                                        \
+    do {                                                                                                        \
+        if (!(j)->failure[0])                                                                                   \
+            snprintf((j)->failure, sizeof (j)->failure, __VA_ARGS__);                                          \
+    } while (0)
+
+static int expect_msg(stream_job_t *j, gtc_stream_t *s, const char *want)
+{
+    uint8_t *m = NULL;
+    size_t n = 0;
+    int rc = gtc_stream_recv(s, &m, &n, 3000);
+    int ok = rc == 0 && n == strlen(want) && memcmp(m, want, n) == 0;
+    if (!ok)
+        JOB_FAIL(j, "expected '%s', recv rc %d got %zu bytes '%.*s'", want, rc, n, (int)n, m ? (char *)m : "");
+    free(m);
+    return ok;
+}
+
+static void *stream_client_thread(void *p)
+{
+    stream_job_t *j = p;
+    gtc_channel_t *ch = gtc_channel_open(target);
+    gtc_stream_t *s = gtc_stream_open(ch, STREAM, 10000);
+    if (!s) {
+        JOB_FAIL(j, "gtc_stream_open failed");
+        goto out;
+    }
+    char msg[32];
+    switch (j->script) {
+    case SCRIPT_ECHO_MANY:
+        /* ping-pong */
+        for (int i = 0; i < 200; i++) {
+            int n = snprintf(msg, sizeof msg, "msg %d", i);
+            if (gtc_stream_send(s, (const uint8_t *)msg, (size_t)n, 3000) != 0) {
+                JOB_FAIL(j, "send %d failed", i);
+                break;
+            }
+            if (!expect_msg(j, s, msg))
+                break;
+            j->echoed++;
+        }
+        /* pipelined: many in flight both ways */
+        for (int i = 0; i < 50; i++) {
+            int n = snprintf(msg, sizeof msg, "pipe %d", i);
+            if (gtc_stream_send(s, (const uint8_t *)msg, (size_t)n, 3000) != 0)
+                JOB_FAIL(j, "pipelined send %d failed", i);
+        }
+        for (int i = 0; i < 50; i++) {
+            snprintf(msg, sizeof msg, "pipe %d", i);
+            if (expect_msg(j, s, msg))
+                j->echoed++;
+        }
+        /* more answers than requests, beyond the server's queue bound */
+        if (gtc_stream_send(s, (const uint8_t *)"burst 300", 9, 3000) != 0)
+            JOB_FAIL(j, "burst request failed");
+        for (int i = 0; i < 300; i++) {
+            snprintf(msg, sizeof msg, "burst %d", i);
+            if (expect_msg(j, s, msg))
+                j->burst++;
+        }
+        if (gtc_stream_half_close(s, 3000) != 0)
+            JOB_FAIL(j, "half-close failed");
+        expect_msg(j, s, "bye");
+        {
+            uint8_t *m = NULL;
+            size_t n = 0;
+            int rc = gtc_stream_recv(s, &m, &n, 3000);
+            if (rc != 1)
+                JOB_FAIL(j, "after bye: recv rc %d, expected the end of the stream", rc);
+            free(m);
+        }
+        break;
+    case SCRIPT_SERVER_FINISH: {
+        if (gtc_stream_send(s, (const uint8_t *)"hello", 5, 3000) != 0)
+            JOB_FAIL(j, "send failed");
+        expect_msg(j, s, "hello");
+        if (gtc_stream_send(s, (const uint8_t *)"finish", 6, 3000) != 0)
+            JOB_FAIL(j, "send finish failed");
+        uint8_t *m = NULL;
+        size_t n = 0;
+        int rc = gtc_stream_recv(s, &m, &n, 3000);
+        if (rc != 1)
+            JOB_FAIL(j, "after finish: recv rc %d, expected the end of the stream", rc);
+        free(m);
+        break;
+    }
+    case SCRIPT_CANCEL:
+        if (gtc_stream_send(s, (const uint8_t *)"one", 3, 3000) != 0)
+            JOB_FAIL(j, "send failed");
+        expect_msg(j, s, "one");
+        gtc_stream_cancel(s);
+        break;
+    case SCRIPT_PAUSE:
+        /* "after" is sent while the server does not read: its echo must come
+         * after the server resumed */
+        if (gtc_stream_send(s, (const uint8_t *)"pause", 5, 3000) != 0 ||
+            gtc_stream_send(s, (const uint8_t *)"after", 5, 3000) != 0)
+            JOB_FAIL(j, "send failed");
+        expect_msg(j, s, "resumed");
+        expect_msg(j, s, "after");
+        if (gtc_stream_half_close(s, 3000) != 0)
+            JOB_FAIL(j, "half-close failed");
+        expect_msg(j, s, "bye");
+        break;
+    case SCRIPT_IDLE:
+        if (gtc_stream_send(s, (const uint8_t *)"idle", 4, 3000) != 0)
+            JOB_FAIL(j, "send failed");
+        expect_msg(j, s, "idle");
+        break;
+    }
+    if (j->script == SCRIPT_IDLE) {
+        ssize_t w = write(j->done_fd, "x", 1);
+        (void)w;
+        char c;
+        ssize_t r = read(j->release_fd, &c, 1);
+        (void)r;
+    }
+    char *det = NULL;
+    j->status = -1;
+    if (gtc_stream_status(s, 5000, &j->status, &det) != 0)
+        JOB_FAIL(j, "no final status within 5 s");
+    snprintf(j->details, sizeof j->details, "%s", det ? det : "");
+    free(det);
+    gtc_stream_close(s);
+out:
+    gtc_channel_close(ch);
+    if (j->script != SCRIPT_IDLE) {
+        ssize_t w = write(j->done_fd, "x", 1);
+        (void)w;
+    }
+    return NULL;
+}
+
+typedef struct stream_run {
+    pthread_t thread;
+    int pipe[2];
+    int release[2];
+    stream_job_t job;
+} stream_run_t;
+
+static void run_stream_client(stream_run_t *r, enum stream_script script)
+{
+    memset(r, 0, sizeof *r);
+    cr_assert_eq(pipe2(r->pipe, O_CLOEXEC), 0, "pipe");
+    cr_assert_eq(pipe2(r->release, O_CLOEXEC), 0, "pipe");
+    r->job.script = script;
+    r->job.done_fd = r->pipe[1];
+    r->job.release_fd = r->release[0];
+    cr_assert_eq(pthread_create(&r->thread, NULL, stream_client_thread, &r->job), 0, "pthread_create");
+}
+
+/* Run the loop until the client thread wrote its byte. */
+static void wait_stream_signal(stream_run_t *r)
+{
+    event_base_once(base, r->pipe[0], EV_READ, break_loop, NULL, NULL);
+    event_base_dispatch(base);
+    char c;
+    ssize_t n = read(r->pipe[0], &c, 1);
+    (void)n;
+}
+
+static void join_stream_client(stream_run_t *r)
+{
+    pthread_join(r->thread, NULL);
+    close(r->pipe[0]);
+    close(r->pipe[1]);
+    close(r->release[0]);
+    close(r->release[1]);
+}
+
+/* Run the loop until the server saw the stream end. */
+static void wait_stream_done(void)
+{
+    while (sst.done == 0 && !guard_fired && event_base_loop(base, EVLOOP_ONCE) == 0)
+        ;
+}
+
+Test(grpc_server, stream_echo_both_ways_half_close)
+{
+    start_stream_server();
+    stream_run_t r;
+    run_stream_client(&r, SCRIPT_ECHO_MANY);
+    wait_stream_signal(&r);
+    join_stream_client(&r);
+    wait_stream_done();
+    cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
+    cr_assert_eq(r.job.echoed, 250, "echoed %d of 250 messages", r.job.echoed);
+    cr_assert_eq(r.job.burst, 300, "received %d of 300 burst messages", r.job.burst);
+    cr_assert_eq(r.job.status, GS_OK, "final status %s (%s)", gs_status_name(r.job.status), r.job.details);
+    cr_assert_eq(sst.opened, 1, "on_open ran %d times", sst.opened);
+    cr_assert_eq(sst.messages, 251, "on_message ran %d times, expected 251", sst.messages);
+    cr_assert_eq(sst.half_closes, 1, "on_half_close ran %d times", sst.half_closes);
+    cr_assert_eq(sst.done, 1, "on_done ran %d times", sst.done);
+    cr_assert_not(sst.done_cancelled, "a stream we finished is not cancelled");
+    cr_assert_eq(sst.send_after_done_rc, -ECANCELED, "send inside on_done returned %d", sst.send_after_done_rc);
+    cr_assert_eq(gs_server_active_calls(srv), 0, "no call left");
+}
+
+Test(grpc_server, stream_server_finish)
+{
+    start_stream_server();
+    stream_run_t r;
+    run_stream_client(&r, SCRIPT_SERVER_FINISH);
+    wait_stream_signal(&r);
+    join_stream_client(&r);
+    wait_stream_done();
+    cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
+    cr_assert_eq(r.job.status, GS_FAILED_PRECONDITION, "final status %s (%s)", gs_status_name(r.job.status),
+                 r.job.details);
+    cr_assert_str_eq(r.job.details, "finished by server", "status details");
+    cr_assert_eq(sst.finish_twice_rc, -EALREADY, "a second finish returned %d", sst.finish_twice_rc);
+    cr_assert_eq(sst.half_closes, 0, "the client never half-closed");
+    cr_assert_eq(sst.done, 1, "on_done ran %d times", sst.done);
+    cr_assert_not(sst.done_cancelled, "finished by us, not cancelled");
+}
+
+Test(grpc_server, stream_client_cancel)
+{
+    start_stream_server();
+    stream_run_t r;
+    run_stream_client(&r, SCRIPT_CANCEL);
+    wait_stream_signal(&r);
+    join_stream_client(&r);
+    wait_stream_done();
+    cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
+    cr_assert_eq(r.job.status, GS_CANCELLED, "client's final status %s", gs_status_name(r.job.status));
+    cr_assert_eq(sst.done, 1, "on_done ran %d times", sst.done);
+    cr_assert(sst.done_cancelled, "the server must see the stream cancelled");
+    /* gRPC core ends the client's messages on a cancel too, so on_half_close
+     * may or may not have run first; what counts is on_done's verdict */
+    cr_assert_leq(sst.half_closes, 1, "on_half_close ran %d times", sst.half_closes);
+    /* unary calls still work on the same server */
+    running_t u;
+    echo_count = 0;
+    run_client(&u, ECHO, 3, 2000, NULL);
+    wait_client(&u);
+    cr_assert_eq(u.job.ok, 3, "unary after a cancelled stream: %d of 3", u.job.ok);
+}
+
+/* An idle open stream holds the drain until the bound, then is cancelled. */
+Test(grpc_server, drain_cancels_open_stream_at_bound)
+{
+    start_stream_server();
+    stream_run_t r;
+    run_stream_client(&r, SCRIPT_IDLE);
+    wait_stream_signal(&r); /* the stream is open and answered once */
+    long long t0 = 0;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        t0 = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000;
+    }
+    gs_server_drain(srv, 300, on_drained, NULL);
+    event_base_dispatch(base);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    long long took = ts.tv_sec * 1000LL + ts.tv_nsec / 1000000 - t0;
+    cr_assert_eq(drained_count, 1, "drain did not complete");
+    cr_assert_not(drained_clean, "the open stream had to be cancelled");
+    cr_assert(took >= 250, "the drain ended after %lld ms, before its bound", took);
+    cr_assert_eq(sst.done, 1, "on_done ran %d times", sst.done);
+    cr_assert(sst.done_cancelled, "the stream was cancelled by the drain");
+    cr_assert_eq(write(r.release[1], "x", 1), 1, "release");
+    join_stream_client(&r);
+    cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
+    cr_assert_neq(r.job.status, GS_OK, "a cancelled stream must not end OK");
+}
+
+Test(grpc_server, stream_registration_and_misuse)
+{
+    char err[256] = "";
+    srv = gs_server_new(base, &(gs_options_t){.name = "test grpc"}, err, sizeof err);
+    cr_assert(srv, "gs_server_new: %s", err);
+    gs_stream_handlers_t none = {0};
+    cr_assert_eq(gs_server_add_stream(srv, STREAM, &none, NULL, err, sizeof err), -EINVAL,
+                 "a stream without on_message was accepted");
+    cr_assert(strstr(err, STREAM), "error should name the method: %s", err);
+    gs_stream_handlers_t h = {.on_message = st_message};
+    cr_assert_eq(gs_server_add_stream(srv, STREAM, &h, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_unary(srv, STREAM, echo, NULL, err, sizeof err), -EINVAL,
+                 "the same path as unary and stream");
+    cr_assert_eq(gs_stream_send(NULL, (const uint8_t *)"x", 1), -EINVAL, "send on no call");
+}
+
+Test(grpc_server, stream_pause_holds_reading)
+{
+    start_stream_server();
+    stream_run_t r;
+    run_stream_client(&r, SCRIPT_PAUSE);
+    wait_stream_signal(&r);
+    join_stream_client(&r);
+    wait_stream_done();
+    cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
+    cr_assert_eq(r.job.status, GS_OK, "final status %s", gs_status_name(r.job.status));
+    cr_assert_eq(sst.messages, 1002, "two messages around one resume, got %d", sst.messages);
 }
