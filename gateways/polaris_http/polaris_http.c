@@ -1,31 +1,37 @@
 /*
  * polaris_http.c: the polaris-http gateway role. One evhttp server serves
  * every enabled listener whose protocol is polaris-http (by default 8090),
- * on the listening sockets the supervisor passed in. For now it answers
- * GET /healthz through the liveness chain (gw_check_workers).
+ * on the listening sockets the supervisor passed in: the Polaris client API
+ * (client_api.c, ph_discover.c), the naming OpenAPI (openapi_naming.c) and
+ * GET /healthz through the liveness chain (gw_check_workers). The files of
+ * this folder share ph.h.
  *
  * Rules kept here:
  *  - the listening fds belong to the supervisor: evhttp gets them through
  *    evconnlistener without LEV_OPT_CLOSE_ON_FREE, so freeing the bound
  *    socket stops accepting but never closes the fd;
- *  - every answer is JSON, including 404 and 405;
- *  - request bodies and headers are bounded (PH_MAX_BODY, PH_MAX_HEADERS);
+ *  - every answer is JSON, including 404, 405 and requests the input guard
+ *    refused (ph_body.c marks them; they are answered 400 here with the
+ *    reason, in the answer type of their route);
+ *  - request bodies and heads are bounded (PH_MAX_BODY, PH_MAX_HEADERS) by
+ *    the input guard under every connection; evhttp's own limits are set
+ *    as a backstop;
  *  - drain: stop accepting; keep reading for PH_DRAIN_SETTLE_MS so that a
  *    request already on its way on a connection accepted just before is
  *    answered rather than cut off; let requests waiting on workers finish
  *    (their answers carry "Connection: close"); at the gateway's drain bound
  *    (gw_drain_bound_ms) the worker clients are freed, which answers every
- *    check still waiting as failed, so each client gets a 503 instead of a
- *    reset; wait for the answers to be written out (bounded by
+ *    request still waiting as failed, so each client gets an answer instead
+ *    of a reset; wait for the answers to be written out (bounded by
  *    PH_FLUSH_BOUND_MS), then child_drained().
  */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
@@ -35,46 +41,23 @@
 #include "common/gateway.h"
 #include "common/roles.h"
 #include "log.h"
+#include "ph.h"
 
-#define PH_ROLE "polaris-http"
-#define PH_MAX_BODY (1024 * 1024)
-#define PH_MAX_HEADERS (16 * 1024)
 #define PH_IDLE_TIMEOUT_S 60
 #define PH_FLUSH_BOUND_MS 1000
 /* After the listeners stop, requests may still be on their way on
  * connections accepted just before: keep reading for this long. */
 #define PH_DRAIN_SETTLE_MS 300
 
-typedef struct ph_state {
-    child_t *c;
-    gw_t *gw; /* NULL once freed at the drain bound */
-    struct evhttp *http;
-    struct evhttp_bound_socket **bound;
-    size_t n_bound;
-    size_t waiting;  /* requests waiting for the workers' answers */
-    size_t flushing; /* answers handed to evhttp, not yet written out */
-    bool draining;
-    bool settled;    /* the settle period after the drain began has passed */
-    bool drained;
-    struct event *flush_timer;
-    struct event *drain_bound_timer;
-    struct event *settle_timer;
-} ph_state_t;
+static void ph_healthz(ph_call_t *call);
 
-typedef void (*ph_handler_fn)(ph_state_t *st, struct evhttp_request *req);
-
-typedef struct ph_route {
-    const char *path;
-    int methods; /* EVHTTP_REQ_* mask */
-    const char *allow;
-    ph_handler_fn fn;
-} ph_route_t;
-
-static void ph_healthz(ph_state_t *st, struct evhttp_request *req);
-
-static const ph_route_t ph_routes[] = {
-    {"/healthz", EVHTTP_REQ_GET | EVHTTP_REQ_HEAD, "GET, HEAD", ph_healthz},
+static const ph_route_t ph_own_routes[] = {
+    {"/healthz", EVHTTP_REQ_GET, PH_KIND_PLAIN, ph_healthz},
+    {"/healthz", EVHTTP_REQ_HEAD, PH_KIND_PLAIN, ph_healthz},
+    {NULL, 0, 0, NULL},
 };
+
+static const ph_route_t *const ph_tables[] = {ph_own_routes, ph_client_routes, ph_openapi_routes};
 
 static const char *ph_method_name(enum evhttp_cmd_type m)
 {
@@ -105,23 +88,27 @@ static void ph_finish_drain(ph_state_t *st, const char *how)
 
 static void ph_on_flush_bound(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
+    (void)what;
     ph_state_t *st = arg;
     ph_finish_drain(st, "answers not confirmed written within the flush bound");
 }
 
-static void ph_maybe_drained(ph_state_t *st);
-
 static void ph_on_settled(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
+    (void)what;
     ph_state_t *st = arg;
     st->settled = true;
     ph_maybe_drained(st);
 }
 
 /* Requests still waiting on workers at the drain bound are answered now
- * (503, the silent workers marked "gateway stopping") rather than cut off. */
+ * (the worker clients fail them) rather than cut off. */
 static void ph_on_drain_bound(evutil_socket_t fd, short what, void *arg)
 {
+    (void)fd;
+    (void)what;
     ph_state_t *st = arg;
     if (!st->waiting || !st->gw)
         return;
@@ -132,8 +119,7 @@ static void ph_on_drain_bound(evutil_socket_t fd, short what, void *arg)
     gw_free(gw);
 }
 
-/* Leave once nothing waits on workers and every answer is written out. */
-static void ph_maybe_drained(ph_state_t *st)
+void ph_maybe_drained(ph_state_t *st)
 {
     if (!st->draining || st->drained || !st->settled || st->waiting)
         return;
@@ -147,45 +133,12 @@ static void ph_maybe_drained(ph_state_t *st)
     }
 }
 
-/* ----------------------------------------------------------- replies */
+/* ----------------------------------------------------------- healthz */
 
-static void ph_on_complete(struct evhttp_request *req, void *arg)
-{
-    ph_state_t *st = arg;
-    if (st->flushing)
-        st->flushing--;
-    ph_maybe_drained(st);
-}
-
-/* Send `body` (reference stolen) as the JSON answer. */
-static void ph_reply_json(ph_state_t *st, struct evhttp_request *req, int code, const char *reason, json_t *body)
-{
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    evhttp_add_header(h, "Content-Type", "application/json");
-    evhttp_add_header(h, "Cache-Control", "no-store");
-    if (st->draining)
-        evhttp_add_header(h, "Connection", "close");
-    struct evbuffer *buf = evbuffer_new();
-    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
-    json_decref(body);
-    if (text && buf) {
-        evbuffer_add(buf, text, strlen(text));
-        evbuffer_add(buf, "\n", 1);
-    } else {
-        code = 500;
-        reason = "Internal Server Error";
-    }
-    free(text);
-    /* A request whose client already left has no connection: evhttp frees
-     * it on send and never reports completion. */
-    if (evhttp_request_get_connection(req)) {
-        st->flushing++;
-        evhttp_request_set_on_complete_cb(req, ph_on_complete, st);
-    }
-    evhttp_send_reply(req, code, reason, buf);
-    if (buf)
-        evbuffer_free(buf);
-}
+typedef struct ph_health_wait {
+    ph_state_t *st;
+    struct evhttp_request *req;
+} ph_health_wait_t;
 
 static json_t *ph_error_body(const char *error, const char *method, const char *path)
 {
@@ -203,16 +156,9 @@ static json_t *ph_error_body(const char *error, const char *method, const char *
     return o;
 }
 
-/* ----------------------------------------------------------- healthz */
-
-typedef struct ph_pending {
-    ph_state_t *st;
-    struct evhttp_request *req;
-} ph_pending_t;
-
 static void ph_on_health(const gw_health_t *h, void *arg)
 {
-    ph_pending_t *p = arg;
+    ph_health_wait_t *p = arg;
     ph_state_t *st = p->st;
     json_t *workers = json_object();
     for (size_t i = 0; workers && i < h->n_workers; i++) {
@@ -236,19 +182,20 @@ static void ph_on_health(const gw_health_t *h, void *arg)
         json_decref(workers);
     }
     st->waiting--;
-    ph_reply_json(st, p->req, h->healthy ? 200 : 503, h->healthy ? "OK" : "Service Unavailable", body);
+    ph_reply_json(st, p->req, h->healthy ? 200 : 503, body);
     free(p);
     ph_maybe_drained(st);
 }
 
-static void ph_healthz(ph_state_t *st, struct evhttp_request *req)
+static void ph_healthz(ph_call_t *call)
 {
+    ph_state_t *st = call->st;
     int rc = -ESHUTDOWN; /* the worker clients are gone once the drain bound passed */
     if (st->gw) {
-        ph_pending_t *p = malloc(sizeof *p);
+        ph_health_wait_t *p = malloc(sizeof *p);
         rc = -ENOMEM;
         if (p) {
-            *p = (ph_pending_t){.st = st, .req = req};
+            *p = (ph_health_wait_t){.st = st, .req = call->req};
             st->waiting++;
             rc = gw_check_workers(st->gw, ph_on_health, p);
             if (rc < 0) {
@@ -261,7 +208,7 @@ static void ph_healthz(ph_state_t *st, struct evhttp_request *req)
         json_t *b = ph_error_body(rc == -ESHUTDOWN ? "gateway stopping" : "cannot check the workers", NULL, NULL);
         if (b)
             json_object_set_new(b, "status", json_string("unavailable"));
-        ph_reply_json(st, req, 503, "Service Unavailable", b);
+        ph_reply_json(st, call->req, 503, b);
     }
 }
 
@@ -275,26 +222,55 @@ static void ph_on_request(struct evhttp_request *req, void *arg)
     if (!path || !*path)
         path = "/";
     enum evhttp_cmd_type m = evhttp_request_get_command(req);
-    for (size_t i = 0; i < sizeof ph_routes / sizeof ph_routes[0]; i++) {
-        const ph_route_t *r = &ph_routes[i];
-        if (strcmp(r->path, path) != 0)
-            continue;
-        if (!(r->methods & (int)m)) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", r->allow);
-            ph_reply_json(st, req, 405, "Method Not Allowed",
-                          ph_error_body("method not allowed", ph_method_name(m), path));
-            return;
+
+    const ph_route_t *match = NULL, *same_path = NULL;
+    char allow[64] = "";
+    for (size_t t = 0; t < sizeof ph_tables / sizeof ph_tables[0]; t++) {
+        for (const ph_route_t *r = ph_tables[t]; r->path; r++) {
+            if (strcmp(r->path, path) != 0)
+                continue;
+            if (!same_path)
+                same_path = r;
+            if (r->method == m)
+                match = r;
+            size_t used = strlen(allow);
+            snprintf(allow + used, sizeof allow - used, "%s%s", used ? ", " : "", ph_method_name(r->method));
         }
-        r->fn(st, req);
+    }
+
+    ph_call_t call = {.st = st, .req = req, .route = match ? match : same_path, .path = path};
+    const char *rejected = evhttp_find_header(evhttp_request_get_input_headers(req), PH_REJECT_HEADER);
+    if (rejected) {
+        ph_fail(&call, V1__CODE__BadRequest, "%s", rejected);
         return;
     }
-    ph_reply_json(st, req, 404, "Not Found", ph_error_body("not found", NULL, path));
+    if (!same_path) {
+        ph_reply_json(st, req, 404, ph_error_body("not found", NULL, path));
+        return;
+    }
+    if (!match) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+        ph_reply_json(st, req, 405, ph_error_body("method not allowed", ph_method_name(m), path));
+        return;
+    }
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = in ? evbuffer_get_length(in) : 0;
+    if (len) {
+        call.body = (const char *)evbuffer_pullup(in, -1);
+        if (!call.body) {
+            ph_fail(&call, V1__CODE__ExecuteException, "out of memory");
+            return;
+        }
+        call.body_len = len;
+    }
+    match->fn(&call);
 }
 
 /* ------------------------------------------------------------- role */
 
 static int ph_serve_listener(const cfg_listener_t *l, int fd, void *arg, char *err, size_t errlen)
 {
+    (void)l;
     ph_state_t *st = arg;
     struct evhttp_bound_socket **arr = realloc(st->bound, (st->n_bound + 1) * sizeof *arr);
     if (!arr) {
@@ -331,6 +307,7 @@ static int ph_init(child_t *c)
         log_error("cannot set up the worker clients: %s", err);
         return -1;
     }
+    st->request_timeout_ms = gw_request_timeout_ms(st->gw);
     st->http = evhttp_new(c->base);
     st->flush_timer = evtimer_new(c->base, ph_on_flush_bound, st);
     st->drain_bound_timer = evtimer_new(c->base, ph_on_drain_bound, st);
@@ -339,12 +316,18 @@ static int ph_init(child_t *c)
         log_error("cannot create the HTTP server");
         return -1;
     }
+    /* The input guard (ph_body.c) enforces PH_MAX_BODY and PH_MAX_HEADERS
+     * with JSON answers; evhttp's limits leave room for the lines it adds
+     * and only act if a connection had to go without the guard. */
+    evhttp_set_bevcb(st->http, ph_body_bevcb, st);
     evhttp_set_max_body_size(st->http, PH_MAX_BODY);
-    evhttp_set_max_headers_size(st->http, PH_MAX_HEADERS);
+    evhttp_set_max_headers_size(st->http, 2 * PH_MAX_HEADERS);
     evhttp_set_timeout(st->http, PH_IDLE_TIMEOUT_S);
+    evhttp_set_default_content_type(st->http, "application/json");
     /* Let every common method reach the router, which answers 405 itself. */
     evhttp_set_allowed_methods(st->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST | EVHTTP_REQ_PUT |
-                                             EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+                                             EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH |
+                                             EVHTTP_REQ_TRACE | EVHTTP_REQ_CONNECT);
     evhttp_set_gencb(st->http, ph_on_request, st);
 
     if (gw_each_listener(c, PH_ROLE, ph_serve_listener, st) < 0)
@@ -377,9 +360,11 @@ static void ph_fini(child_t *c)
     ph_state_t *st = c->state;
     if (!st)
         return;
-    /* Worker clients first: checks still waiting answer their requests
-     * while evhttp still owns them. */
-    gw_free(st->gw);
+    /* Worker clients first: requests still waiting answer while evhttp
+     * still owns them. */
+    gw_t *gw = st->gw;
+    st->gw = NULL;
+    gw_free(gw);
     if (st->http)
         evhttp_free(st->http);
     if (st->flush_timer)

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -442,6 +443,138 @@ int lstest_http_get(int port, const char *path, char **body, int timeout_ms)
         *body = strdup(b ? b + 4 : "");
     free(buf);
     return status;
+}
+
+/* Sends everything; a peer that closed gives -EPIPE or -ECONNRESET (no
+ * SIGPIPE), after which its answer may still be read. */
+static int write_all(int fd, const char *p, size_t len)
+{
+    while (len) {
+        ssize_t w = send(fd, p, len, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return w < 0 ? (errno == EAGAIN ? -ETIMEDOUT : -errno) : -EIO;
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+/* Splits the first answer in r->raw into status, headers and body. */
+static int parse_answer(lstest_http_resp_t *r)
+{
+    int status = 0;
+    if (sscanf(r->raw, "HTTP/1.%*d %d", &status) != 1)
+        return -EPROTO;
+    const char *line_end = strstr(r->raw, "\r\n");
+    const char *head_end = strstr(r->raw, "\r\n\r\n");
+    if (!line_end || !head_end)
+        return -EPROTO;
+    size_t hl = (size_t)(head_end + 2 - (line_end + 2));
+    r->headers = strndup(line_end + 2, hl);
+    const char *b = head_end + 4;
+    size_t avail = r->raw_len - (size_t)(b - r->raw);
+    char *cl = lstest_http_header(r, "Content-Length");
+    size_t blen = cl ? (size_t)strtoull(cl, NULL, 10) : avail;
+    free(cl);
+    if (blen > avail)
+        blen = avail;
+    r->body = malloc(blen + 1);
+    memcpy(r->body, b, blen);
+    r->body[blen] = '\0';
+    r->body_len = blen;
+    return status;
+}
+
+int lstest_http_raw(int port, const void *request, size_t len, lstest_http_resp_t *r, int timeout_ms)
+{
+    memset(r, 0, sizeof *r);
+    int fd = connect_to(port, timeout_ms);
+    if (fd < 0)
+        return r->status = fd;
+    struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    int rc = write_all(fd, request, len);
+    if (rc < 0 && rc != -EPIPE && rc != -ECONNRESET) {
+        close(fd);
+        return r->status = rc;
+    }
+    size_t cap = 8192;
+    r->raw = malloc(cap);
+    for (;;) {
+        if (r->raw_len + 4096 > cap)
+            r->raw = realloc(r->raw, cap *= 2);
+        ssize_t n = read(fd, r->raw + r->raw_len, cap - r->raw_len - 1);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == ECONNRESET && r->raw_len)
+            break; /* a reset after the answer: what arrived still counts */
+        if (n < 0) {
+            int e = errno == EAGAIN ? ETIMEDOUT : errno;
+            r->raw[r->raw_len] = '\0';
+            close(fd);
+            return r->status = -e;
+        }
+        if (n == 0)
+            break;
+        r->raw_len += (size_t)n;
+    }
+    close(fd);
+    r->raw[r->raw_len] = '\0';
+    return r->status = parse_answer(r);
+}
+
+int lstest_http(int port, const char *method, const char *path, const char *content_type, const char *body,
+                size_t body_len, lstest_http_resp_t *r, int timeout_ms)
+{
+    char head[2048];
+    int n;
+    if (body)
+        n = snprintf(head, sizeof head,
+                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\nContent-Type: %s\r\n"
+                     "Content-Length: %zu\r\n\r\n",
+                     method, path, content_type ? content_type : "application/json", body_len);
+    else
+        n = snprintf(head, sizeof head, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", method,
+                     path);
+    size_t total = (size_t)n + (body ? body_len : 0);
+    char *req = malloc(total);
+    memcpy(req, head, (size_t)n);
+    if (body)
+        memcpy(req + n, body, body_len);
+    int rc = lstest_http_raw(port, req, total, r, timeout_ms);
+    free(req);
+    return rc;
+}
+
+char *lstest_http_header(const lstest_http_resp_t *r, const char *name)
+{
+    if (!r->headers)
+        return NULL;
+    size_t nl = strlen(name);
+    for (const char *p = r->headers; *p;) {
+        const char *e = strstr(p, "\r\n");
+        if (!e)
+            break;
+        if ((size_t)(e - p) > nl && strncasecmp(p, name, nl) == 0 && p[nl] == ':') {
+            const char *v = p + nl + 1;
+            while (*v == ' ')
+                v++;
+            return strndup(v, (size_t)(e - v));
+        }
+        p = e + 2;
+    }
+    return NULL;
+}
+
+void lstest_http_resp_free(lstest_http_resp_t *r)
+{
+    free(r->headers);
+    free(r->body);
+    free(r->raw);
+    memset(r, 0, sizeof *r);
 }
 
 /* Reads a /proc file whose entries are NUL-separated, as one string. */

@@ -64,6 +64,32 @@ void lstest_cleanup(lstest_t *t);
 /* Blocking HTTP/1.0 GET on 127.0.0.1:port. Returns the status code (or
  * -errno) and the body in *body (malloc'd, may be NULL). */
 int lstest_http_get(int port, const char *path, char **body, int timeout_ms);
+/* An HTTP answer as received by lstest_http / lstest_http_raw. */
+typedef struct lstest_http_resp {
+    int status;       /* HTTP status of the first answer, or -errno */
+    char *headers;    /* its header lines (without the status line), "Name: value\r\n" each */
+    char *body;       /* its body (NUL-terminated; body_len bytes) */
+    size_t body_len;
+    char *raw;        /* every byte read until the server closed (NUL-terminated) */
+    size_t raw_len;
+} lstest_http_resp_t;
+
+/* One blocking HTTP/1.1 request on 127.0.0.1:port with "Connection:
+ * close": method, path (with any query string), and a body of body_len
+ * bytes with its content type (content_type NULL: application/json; body
+ * NULL: no body, no Content-Length). Reads until the server closes; a
+ * server that closes while the body is still being sent does not kill the
+ * caller (no SIGPIPE) and its answer is still read. Returns resp->status.
+ * Free with lstest_http_resp_free. */
+int lstest_http(int port, const char *method, const char *path, const char *content_type, const char *body,
+                size_t body_len, lstest_http_resp_t *resp, int timeout_ms);
+/* The same with the request's bytes given as they are (malformed requests,
+ * pipelining); the first answer is parsed, every byte is in resp->raw. */
+int lstest_http_raw(int port, const void *request, size_t len, lstest_http_resp_t *resp, int timeout_ms);
+/* A header of the first answer (name case-insensitive): malloc'd value or NULL. */
+char *lstest_http_header(const lstest_http_resp_t *resp, const char *name);
+void lstest_http_resp_free(lstest_http_resp_t *resp);
+
 /* One TCP connect to 127.0.0.1:port: 0, or -errno (-ECONNREFUSED). */
 int lstest_connect(int port, int timeout_ms);
 
