@@ -541,7 +541,7 @@ static void del_answer(gs_call_t *call, uint32_t code, const char *info)
 {
     V1__DelHeartbeatsResponse out = V1__DEL_HEARTBEATS_RESPONSE__INIT;
     out.code = code;
-    out.info = (char *)(info ? info : pg_code_info(code));
+    out.info = (char *)(info ? info : polaris_code_info(code));
     pg_reply_message(call, &out.base);
 }
 

@@ -182,7 +182,7 @@ static void head_init(V1__DiscoverResponse *r, dsc_head_t *h, uint32_t code, con
     google__protobuf__uint32_value__init(&h->code);
     google__protobuf__string_value__init(&h->info);
     h->code.value = code;
-    h->info.value = (char *)(info ? info : pg_code_info(code));
+    h->info.value = (char *)(info ? info : polaris_code_info(code));
     r->code = &h->code;
     r->info = &h->info;
     r->type = (V1__DiscoverResponse__DiscoverResponseType)type;

@@ -33,6 +33,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "polaris_code.h"
 #include "child.h"
 #include "common/gateway.h"
 #include "common/grpc_health.h"
@@ -75,8 +76,6 @@ void pg_stream_unlink(pg_state_t *st, pg_stream_t *ps);
 
 /* ---- pg_reply.c ---- */
 
-/* The Polaris text of a code ("execute success"), "" when unknown. */
-const char *pg_code_info(uint32_t code);
 /* Answer a unary call with a v1.Response: code, info (NULL: the code's
  * text), and optionally the instance / client to carry. */
 void pg_reply_response(gs_call_t *call, uint32_t code, const char *info, V1__Instance *instance, V1__Client *client);

@@ -10,47 +10,7 @@
 #include "log.h"
 #include "pg.h"
 
-static const struct {
-    uint32_t code;
-    const char *info;
-} pg_codes[] = {
-    {V1__CODE__ExecuteSuccess, "execute success"},
-    {V1__CODE__DataNoChange, "discover data is no change"},
-    {V1__CODE__NoNeedUpdate, "update data is no change, no need to update"},
-    {V1__CODE__BadRequest, "bad request"},
-    {V1__CODE__ParseException, "request decode failed"},
-    {V1__CODE__EmptyRequest, "empty request"},
-    {V1__CODE__BatchSizeOverLimit, "batch size over the limit"},
-    {V1__CODE__InvalidDiscoverResource, "invalid discover resource"},
-    {V1__CODE__InvalidParameter, "invalid parameter"},
-    {V1__CODE__InvalidNamespaceName, "invalid namespace name"},
-    {V1__CODE__InvalidServiceName, "invalid service name"},
-    {V1__CODE__InvalidServiceToken, "invalid service token"},
-    {V1__CODE__InvalidInstanceID, "invalid instance id"},
-    {V1__CODE__InvalidInstanceHost, "invalid instance host"},
-    {V1__CODE__InvalidInstancePort, "invalid instance port"},
-    {V1__CODE__HealthCheckNotOpen, "server not open health check"},
-    {V1__CODE__HeartbeatOnDisabledIns, "heartbeat on disabled instance"},
-    {V1__CODE__HeartbeatExceedLimit, "instance can only heartbeat 1 time per second"},
-    {V1__CODE__ExistedResource, "existed resource"},
-    {V1__CODE__NotFoundResource, "not found resource"},
-    {V1__CODE__NotFoundService, "not found service"},
-    {V1__CODE__NotFoundInstance, "not found instances"},
-    {V1__CODE__NotFoundNamespace, "not found namespace"},
-    {V1__CODE__ClientAPINotOpen, "client api is not open"},
-    {V1__CODE__ExecuteException, "execute exception"},
-    {V1__CODE__StoreLayerException, "store layer exception"},
-    {V1__CODE__HeartbeatException, "heartbeat execute exception"},
-    {V1__CODE__InstanceRegisTimeout, "instance async regist timeout"},
-};
 
-const char *pg_code_info(uint32_t code)
-{
-    for (size_t i = 0; i < sizeof pg_codes / sizeof pg_codes[0]; i++)
-        if (pg_codes[i].code == code)
-            return pg_codes[i].info;
-    return "";
-}
 
 uint8_t *pg_pack(const ProtobufCMessage *m, size_t *len)
 {
@@ -80,7 +40,7 @@ void pg_reply_response(gs_call_t *call, uint32_t code, const char *info, V1__Ins
     Google__Protobuf__UInt32Value c = GOOGLE__PROTOBUF__UINT32_VALUE__INIT;
     Google__Protobuf__StringValue i = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
     c.value = code;
-    i.value = (char *)(info ? info : pg_code_info(code));
+    i.value = (char *)(info ? info : polaris_code_info(code));
     V1__Response r = V1__RESPONSE__INIT;
     r.code = &c;
     r.info = &i;

@@ -74,7 +74,7 @@ static void ph_heartbeat_answer(ph_call_t *call, uint32_t code, const V1__Instan
 static void ph_heartbeat_answer(ph_call_t *call, uint32_t code, const V1__Instance *ins, const char *fmt, ...)
 {
     char info[512];
-    int n = snprintf(info, sizeof info, "%s", ph_code_info(code));
+    int n = snprintf(info, sizeof info, "%s", polaris_code_info(code));
     if (fmt && n >= 0 && (size_t)n < sizeof info - 2) {
         va_list ap;
         va_start(ap, fmt);
@@ -225,7 +225,7 @@ static void ph_report_client(ph_call_t *call)
     V1__Client out = V1__CLIENT__INIT;
     V1__Response r = V1__RESPONSE__INIT;
     r.code = PH_U32(c, V1__CODE__ExecuteSuccess);
-    r.info = PH_STR(i, ph_code_info(V1__CODE__ExecuteSuccess));
+    r.info = PH_STR(i, polaris_code_info(V1__CODE__ExecuteSuccess));
     if (!*sv(cl->id)) {
         out.host = cl->host;
         out.location = cl->location;

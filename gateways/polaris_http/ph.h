@@ -13,7 +13,7 @@
  * Rules kept across them:
  *  - every answer is JSON with Content-Type application/json; Polaris
  *    answers carry the HTTP status given by the code's first three digits
- *    (ph_http_status), and X-Polaris-Code / X-Polaris-Message when the code
+ *    (polaris_http_status), and X-Polaris-Code / X-Polaris-Message when the code
  *    is not 200000;
  *  - message bodies are the proto3 JSON mapping produced and parsed by
  *    pbjson only (no per-message JSON code); client input is parsed with
@@ -34,6 +34,7 @@
 #include <jansson.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "polaris_code.h"
 #include "child.h"
 #include "common/gateway.h"
 #include "ipc.h"
@@ -115,11 +116,6 @@ struct bufferevent *ph_body_bevcb(struct event_base *base, void *arg);
 
 /* ----------------------------------------------------------- ph_reply.c */
 
-/* HTTP status for a Polaris code: its first three digits (500 when they
- * are not a valid status). */
-int ph_http_status(uint32_t code);
-/* Polaris' text for a code ("execute success"); the enum name otherwise. */
-const char *ph_code_info(uint32_t code);
 
 /* Answer with `body` (reference stolen) as JSON. */
 void ph_reply_json(ph_state_t *st, struct evhttp_request *req, int status, json_t *body);

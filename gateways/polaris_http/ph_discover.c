@@ -45,9 +45,9 @@ static void ph_discover_short(ph_call_t *call, uint32_t code, ph_dtype_t type, V
 {
     char info[512];
     if (detail)
-        snprintf(info, sizeof info, "%s: %s", ph_code_info(code), detail);
+        snprintf(info, sizeof info, "%s: %s", polaris_code_info(code), detail);
     else
-        snprintf(info, sizeof info, "%s", ph_code_info(code));
+        snprintf(info, sizeof info, "%s", polaris_code_info(code));
     Google__Protobuf__UInt32Value c;
     Google__Protobuf__StringValue i;
     V1__DiscoverResponse r = V1__DISCOVER_RESPONSE__INIT;
@@ -147,7 +147,7 @@ static int ph_encode_instances(const nr_service_t *svc, bool only_healthy, nr_ca
     Google__Protobuf__StringValue i;
     V1__DiscoverResponse r = V1__DISCOVER_RESPONSE__INIT;
     r.code = PH_U32(c, V1__CODE__ExecuteSuccess);
-    r.info = PH_STR(i, ph_code_info(V1__CODE__ExecuteSuccess));
+    r.info = PH_STR(i, polaris_code_info(V1__CODE__ExecuteSuccess));
     r.type = V1__DISCOVER_RESPONSE__DISCOVER_RESPONSE_TYPE__INSTANCE;
     r.service = &view;
     r.aliasfor = &alias;
@@ -170,7 +170,7 @@ static int ph_encode_nochange(const nr_service_t *svc, nr_cache_slot_t *slot)
     Google__Protobuf__StringValue i;
     V1__DiscoverResponse r = V1__DISCOVER_RESPONSE__INIT;
     r.code = PH_U32(c, V1__CODE__DataNoChange);
-    r.info = PH_STR(i, ph_code_info(V1__CODE__DataNoChange));
+    r.info = PH_STR(i, polaris_code_info(V1__CODE__DataNoChange));
     r.type = V1__DISCOVER_RESPONSE__DISCOVER_RESPONSE_TYPE__INSTANCE;
     r.service = &s;
     return ph_encode_slot(&r.base, slot);
@@ -209,7 +209,7 @@ static void ph_discover_instances(ph_call_t *call, nr_t *r, V1__DiscoverRequest 
         }
     }
     uint32_t code = nochange ? V1__CODE__DataNoChange : V1__CODE__ExecuteSuccess;
-    ph_reply_text(call->st, call->req, ph_http_status(code), code, (const char *)slot->data, slot->len);
+    ph_reply_text(call->st, call->req, polaris_http_status(code), code, (const char *)slot->data, slot->len);
 }
 
 typedef struct ph_svc_list {
@@ -265,7 +265,7 @@ static void ph_discover_services(ph_call_t *call, nr_t *r, V1__DiscoverRequest *
     Google__Protobuf__StringValue i;
     V1__DiscoverResponse resp = V1__DISCOVER_RESPONSE__INIT;
     resp.code = PH_U32(c, V1__CODE__ExecuteSuccess);
-    resp.info = PH_STR(i, ph_code_info(V1__CODE__ExecuteSuccess));
+    resp.info = PH_STR(i, polaris_code_info(V1__CODE__ExecuteSuccess));
     resp.type = type;
     resp.service = &head;
     resp.n_services = l.n;
@@ -315,7 +315,7 @@ static void ph_discover_rules(ph_call_t *call, V1__DiscoverRequest *dr, ph_dtype
     Google__Protobuf__StringValue i;
     V1__DiscoverResponse resp = V1__DISCOVER_RESPONSE__INIT;
     resp.code = PH_U32(c, V1__CODE__ExecuteSuccess);
-    resp.info = PH_STR(i, ph_code_info(V1__CODE__ExecuteSuccess));
+    resp.info = PH_STR(i, polaris_code_info(V1__CODE__ExecuteSuccess));
     resp.type = type;
     resp.service = &svc;
     resp.aliasfor = &alias;

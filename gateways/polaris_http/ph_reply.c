@@ -31,53 +31,8 @@
 
 /* Polaris' own texts (common/api/v1 code2info) for the codes this gateway
  * and the naming worker answer most; others fall back to the enum name. */
-static const struct {
-    uint32_t code;
-    const char *info;
-} ph_infos[] = {
-    {V1__CODE__ExecuteSuccess, "execute success"},
-    {V1__CODE__DataNoChange, "discover data is no change"},
-    {V1__CODE__NoNeedUpdate, "update data is no change, no need to update"},
-    {V1__CODE__BadRequest, "bad request"},
-    {V1__CODE__ParseException, "request decode failed"},
-    {V1__CODE__EmptyRequest, "empty request"},
-    {V1__CODE__BatchSizeOverLimit, "batch size over the limit"},
-    {V1__CODE__InvalidDiscoverResource, "invalid discover resource"},
-    {V1__CODE__InvalidParameter, "invalid parameter"},
-    {V1__CODE__InvalidNamespaceName, "invalid namespace name"},
-    {V1__CODE__InvalidServiceName, "invalid service name"},
-    {V1__CODE__InvalidInstanceID, "invalid instance id"},
-    {V1__CODE__InvalidInstanceHost, "invalid instance host"},
-    {V1__CODE__InvalidInstancePort, "invalid instance port"},
-    {V1__CODE__HealthCheckNotOpen, "server not open health check"},
-    {V1__CODE__HeartbeatOnDisabledIns, "heartbeat on disabled instance"},
-    {V1__CODE__HeartbeatExceedLimit, "instance can only heartbeat 1 time per second"},
-    {V1__CODE__InvalidMetadata, "the length of metadata is too long or metadata contains invalid characters"},
-    {V1__CODE__ExistedResource, "existed resource"},
-    {V1__CODE__NotFoundResource, "not found resource"},
-    {V1__CODE__NotFoundService, "not found service"},
-    {V1__CODE__NotFoundInstance, "not found instance"},
-    {V1__CODE__NotFoundNamespace, "not found namespace"},
-    {V1__CODE__ClientAPINotOpen, "client api is not open"},
-    {V1__CODE__ExecuteException, "execute exception"},
-    {V1__CODE__HeartbeatException, "heartbeat exception"},
-    {V1__CODE__StoreLayerException, "store layer exception"},
-};
 
-int ph_http_status(uint32_t code)
-{
-    uint32_t s = code / 1000;
-    return s >= 100 && s <= 599 ? (int)s : 500;
-}
 
-const char *ph_code_info(uint32_t code)
-{
-    for (size_t i = 0; i < sizeof ph_infos / sizeof ph_infos[0]; i++)
-        if (ph_infos[i].code == code)
-            return ph_infos[i].info;
-    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(&v1__code__descriptor, (int)code);
-    return v ? v->name : "unknown code";
-}
 
 /* ----------------------------------------------------------- replies */
 
@@ -102,7 +57,7 @@ static void ph_send(ph_state_t *st, struct evhttp_request *req, int status, uint
         char c[16];
         snprintf(c, sizeof c, "%u", code);
         evhttp_add_header(h, "X-Polaris-Code", c);
-        evhttp_add_header(h, "X-Polaris-Message", ph_code_info(code));
+        evhttp_add_header(h, "X-Polaris-Message", polaris_code_info(code));
     }
     const char *rid = evhttp_find_header(evhttp_request_get_input_headers(req), "Request-Id");
     if (rid)
@@ -157,14 +112,14 @@ void ph_reply_message(ph_state_t *st, struct evhttp_request *req, const Protobuf
         ph_send(st, req, 500, V1__CODE__ExecuteException, fail, sizeof fail - 1);
         return;
     }
-    ph_send(st, req, ph_http_status(code), code, text, len);
+    ph_send(st, req, polaris_http_status(code), code, text, len);
     free(text);
 }
 
 void ph_vfail(ph_state_t *st, struct evhttp_request *req, ph_kind_t kind, uint32_t code, const char *fmt, va_list ap)
 {
     char info[1024];
-    int n = snprintf(info, sizeof info, "%s", ph_code_info(code));
+    int n = snprintf(info, sizeof info, "%s", polaris_code_info(code));
     if (fmt && n >= 0 && (size_t)n < sizeof info - 2) {
         info[n++] = ':';
         info[n++] = ' ';
@@ -177,7 +132,7 @@ void ph_vfail(ph_state_t *st, struct evhttp_request *req, ph_kind_t kind, uint32
         json_t *o = json_object();
         if (o)
             json_object_set_new(o, "error", json_string(info));
-        ph_reply_json(st, req, ph_http_status(code), o);
+        ph_reply_json(st, req, polaris_http_status(code), o);
         return;
     }
     case PH_KIND_RESPONSE: {

@@ -855,7 +855,7 @@ Test(config_worker, kill_9_while_publishing_loses_no_acknowledged_publish)
 
     PGconn *db = db_open(&t, NULL);
     for (int i = 0; i < n_acked; i++) {
-        char sql[256];
+        char sql[4400];
         snprintf(sql, sizeof sql,
                  "SELECT count(*) FROM lodestar_config_release WHERE file_name = 'k.json' AND name = '%s'", acked[i]);
         cr_assert_eq(db_count(db, sql), 1, "acknowledged publish %s is not in PostgreSQL", acked[i]);

@@ -37,6 +37,7 @@
 
 #include <uthash.h>
 
+#include "polaris_code.h"
 #include "config.h"
 #include "ipc.h"
 #include "naming_id.h"
@@ -84,8 +85,6 @@ enum {
     NM_STORE_LAYER_EXCEPTION = 500001,
 };
 
-/* Polaris's own text for a code ("invalid instance host"), "" if unknown. */
-const char *nm_code_info(uint32_t code);
 /* Sets info to "<Polaris text for code>: <detail>" and returns code. */
 uint32_t nm_fail(uint32_t code, char *info, size_t infolen, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* s, or a copy cut at a character boundary to fit len bytes (with "...");

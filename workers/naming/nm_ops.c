@@ -352,7 +352,7 @@ void nm_results_reject_rest(nm_result_t *res, size_t n)
 static void ok(nm_result_t *r, uint32_t code, int kind, void *obj)
 {
     r->code = code;
-    snprintf(r->info, sizeof r->info, "%s", nm_code_info(code));
+    snprintf(r->info, sizeof r->info, "%s", polaris_code_info(code));
     r->kind = obj ? kind : 0;
     r->obj = obj;
 }
@@ -983,7 +983,7 @@ V1__BatchWriteResponse *nm_batch_response(nm_arena_t *a, const nm_model_t *m, co
         V1__Response *o = nm_arena_alloc(a, sizeof *o);
         v1__response__init(o);
         o->code = u32v(a, r->code);
-        o->info = sv(a, r->info[0] ? r->info : nm_code_info(r->code));
+        o->info = sv(a, r->info[0] ? r->info : polaris_code_info(r->code));
         if (r->kind == NM_ROW_INSTANCE && r->obj) {
             nm_instance_t *in = r->obj;
             const nm_instance_t *cur = nm_model_instance(m, in->id);
@@ -1022,7 +1022,7 @@ V1__BatchWriteResponse *nm_batch_response(nm_arena_t *a, const nm_model_t *m, co
         b->responses[i] = o;
     }
     b->code = u32v(a, top);
-    b->info = sv(a, nm_code_info(top));
+    b->info = sv(a, polaris_code_info(top));
     b->size = u32v(a, (uint32_t)n);
     return b;
 }
@@ -1032,7 +1032,7 @@ V1__BatchWriteResponse *nm_batch_response_code(nm_arena_t *a, uint32_t code, con
     V1__BatchWriteResponse *b = nm_arena_alloc(a, sizeof *b);
     v1__batch_write_response__init(b);
     b->code = u32v(a, code);
-    b->info = sv(a, info && *info ? info : nm_code_info(code));
+    b->info = sv(a, info && *info ? info : polaris_code_info(code));
     b->size = u32v(a, 0);
     return b;
 }

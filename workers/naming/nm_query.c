@@ -71,7 +71,7 @@ static Lodestar__NamingQueryResponse *batch(nm_arena_t *a, uint32_t code, const 
     V1__BatchQueryResponse *b = nm_arena_alloc(a, sizeof *b);
     v1__batch_query_response__init(b);
     b->code = u32v(a, code);
-    b->info = sv(a, info && *info ? info : nm_code_info(code));
+    b->info = sv(a, info && *info ? info : polaris_code_info(code));
     b->amount = u32v(a, 0);
     b->size = u32v(a, 0);
     r->result = b;
@@ -497,7 +497,7 @@ static Lodestar__NamingQueryResponse *q_labels(nm_arena_t *a, const nm_model_t *
     V1__Response *resp = nm_arena_alloc(a, sizeof *resp);
     v1__response__init(resp);
     resp->code = u32v(a, NM_OK);
-    resp->info = sv(a, nm_code_info(NM_OK));
+    resp->info = sv(a, polaris_code_info(NM_OK));
     V1__InstanceLabels *il = nm_arena_alloc(a, sizeof *il);
     v1__instance_labels__init(il);
     il->namespace_ = nm_arena_strdup(a, s ? s->ns : ns);

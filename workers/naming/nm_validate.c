@@ -39,50 +39,6 @@ typedef struct code_text {
 } code_text_t;
 
 /* polaris-server common/api/v1 code2info, for the codes used here. */
-static const code_text_t code_texts[] = {
-    {200000, "execute success"},
-    {200001, "discover data is no change"},
-    {200002, "update data is no change, no need to update"},
-    {400000, "bad request"},
-    {400001, "request decode failed"},
-    {400002, "empty request"},
-    {400003, "batch size over the limit"},
-    {400103, "invalid parameter"},
-    {400104, "query instance parameter is empty"},
-    {400105, "query instance, service or namespace or host is required"},
-    {400110, "invalid namespace name"},
-    {400111, "invalid namespace owners"},
-    {400112, "invalid namespace token"},
-    {400120, "invalid service name"},
-    {400121, "invalid service owners"},
-    {400122, "invalid service token"},
-    {400123, "invalid service metadata"},
-    {400124, "invalid service ports"},
-    {400125, "invalid service business"},
-    {400126, "invalid service department"},
-    {400127, "invalid service CMDB"},
-    {400128, "invalid service comment"},
-    {400130, "invalid instance id"},
-    {400131, "invalid instance host"},
-    {400132, "invalid instance port"},
-    {400136, "invalid instance protocol"},
-    {400137, "invalid instance version"},
-    {400138, "invalid instance logic set"},
-    {400139, "invalid instance isolate"},
-    {400150, "the length of metadata is too long or metadata contains invalid characters"},
-    {400180, "invalid platform id"},
-    {400201, "existed resource"},
-    {400202, "not found resource"},
-    {400203, "some services existed in namespace"},
-    {400204, "some instances existed in service"},
-    {400208, "the same instance request"},
-    {400301, "not found service"},
-    {400303, "not found instances"},
-    {400305, "not found namespace"},
-    {429001, "your instance has too many requests"},
-    {500000, "execute exception"},
-    {500001, "store layer exception"},
-};
 
 const char *nm_clip(const char *s, char *buf, size_t len)
 {
@@ -102,13 +58,6 @@ const char *nm_clip(const char *s, char *buf, size_t len)
     return buf;
 }
 
-const char *nm_code_info(uint32_t code)
-{
-    for (size_t i = 0; i < sizeof code_texts / sizeof code_texts[0]; i++)
-        if (code_texts[i].code == code)
-            return code_texts[i].text;
-    return "";
-}
 
 bool nm_utf8_valid(const char *s)
 {
@@ -214,7 +163,7 @@ uint32_t nm_fail(uint32_t code, char *info, size_t infolen, const char *fmt, ...
     va_start(ap, fmt);
     vsnprintf(detail, sizeof detail, fmt, ap);
     va_end(ap);
-    snprintf(info, infolen, "%s: %s", nm_code_info(code), detail);
+    snprintf(info, infolen, "%s: %s", polaris_code_info(code), detail);
     return code;
 }
 
