@@ -15,6 +15,11 @@
  *       sent so every answer is a full instance list
  *   lodestar-bench heartbeat TARGET CONCURRENCY SECONDS SERVICES INSTANCES
  *       unary Heartbeat relay of preloaded instances
+ *   lodestar-bench batch-heartbeat TARGET STREAMS SECONDS SERVICES INSTANCES BATCH
+ *       v1.PolarisHeartbeatGRPC/BatchHeartbeat on STREAMS bidi streams, one
+ *       HeartbeatsRequest of BATCH beats (by namespace, service, host and
+ *       port, as SDKs without ids send them) in flight per stream, the
+ *       preloaded instances in turn; prints a second line with beats/s
  *   lodestar-bench echo      TARGET CONCURRENCY SECONDS
  *       the discover pattern against echo-server
  *
@@ -39,6 +44,7 @@
 #include <grpc/support/time.h>
 
 #include "polaris_grpcapi.pb-c.h"
+#include "polaris_heartbeat.pb-c.h"
 #include "polaris_request.pb-c.h"
 #include "polaris_response.pb-c.h"
 #include "polaris_service.pb-c.h"
@@ -365,19 +371,24 @@ typedef size_t (*make_stream_req_fn)(uint64_t n, uint8_t *buf, size_t cap);
 
 static void scall_round(scall_t *c, make_stream_req_fn make)
 {
-    uint8_t buf[4096];
+    static uint8_t buf[65536]; /* one thread drives every stream */
     size_t len = make(c->n++ * 7919 + (uint64_t)c->slot, buf, sizeof buf);
     c->req = bb_from(buf, len);
     c->resp = NULL;
     c->started = now_s();
-    grpc_op ops[2];
+    grpc_op ops[3];
     memset(ops, 0, sizeof ops);
-    ops[0].op = GRPC_OP_SEND_MESSAGE;
-    ops[0].data.send_message.send_message = c->req;
-    ops[1].op = GRPC_OP_RECV_MESSAGE;
-    ops[1].data.recv_message.recv_message = &c->resp;
+    size_t n = 0;
+    ops[n].op = GRPC_OP_SEND_MESSAGE;
+    ops[n++].data.send_message.send_message = c->req;
+    ops[n].op = GRPC_OP_RECV_MESSAGE;
+    ops[n++].data.recv_message.recv_message = &c->resp;
+    if (c->n == 1) {
+        ops[n].op = GRPC_OP_RECV_INITIAL_METADATA;
+        ops[n++].data.recv_initial_metadata.recv_initial_metadata = &c->md_in;
+    }
     c->phase = 1;
-    grpc_call_start_batch(c->call, ops, 2, c, NULL);
+    grpc_call_start_batch(c->call, ops, n, c, NULL);
 }
 
 static double run_streams(const char *method, int conc, double secs, make_stream_req_fn make, bool polaris, stats_t *st)
@@ -392,13 +403,13 @@ static double run_streams(const char *method, int conc, double secs, make_stream
         grpc_slice m = grpc_slice_from_static_string(method);
         c->call = grpc_channel_create_call(channels[i % N_CHANNELS], NULL, GRPC_PROPAGATE_DEFAULTS, cq, m, NULL,
                                            gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-        grpc_op ops[2];
+        /* a server may send its initial metadata only with its first
+         * answer: receive it in the first round trip, not before */
+        grpc_op ops[1];
         memset(ops, 0, sizeof ops);
         ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
-        ops[1].op = GRPC_OP_RECV_INITIAL_METADATA;
-        ops[1].data.recv_initial_metadata.recv_initial_metadata = &c->md_in;
         c->phase = 0;
-        grpc_call_start_batch(c->call, ops, 2, c, NULL);
+        grpc_call_start_batch(c->call, ops, 1, c, NULL);
     }
     double t0 = now_s(), end = t0 + secs;
     int active = conc;
@@ -492,6 +503,43 @@ static size_t req_heartbeat(uint64_t n, uint8_t *buf, size_t cap)
 static size_t req_discover(uint64_t n, uint8_t *buf, size_t cap)
 {
     return pack_discover((unsigned)(n % g_services), buf, cap);
+}
+
+/* BatchHeartbeat: g_batch beats of the preloaded instances, in turn */
+static unsigned g_batch = 100;
+static uint64_t g_beat_next;
+
+static size_t req_batch_heartbeat(uint64_t n, uint8_t *buf, size_t cap)
+{
+    (void)n;
+    V1__InstanceHeartbeat *hb = calloc(g_batch, sizeof *hb);
+    V1__InstanceHeartbeat **ptrs = calloc(g_batch, sizeof *ptrs);
+    char (*names)[32] = calloc(g_batch, sizeof *names);
+    char (*hosts)[32] = calloc(g_batch, sizeof *hosts);
+    uint64_t total = (uint64_t)g_services * g_instances;
+    for (unsigned j = 0; j < g_batch; j++) {
+        uint64_t k = g_beat_next++ % total;
+        unsigned svc = (unsigned)(k / g_instances), idx = (unsigned)(k % g_instances);
+        v1__instance_heartbeat__init(&hb[j]);
+        snprintf(names[j], sizeof names[j], "bench-svc-%u", svc);
+        snprintf(hosts[j], sizeof hosts[j], "10.%u.%u.%u", (idx >> 16) & 255, (idx >> 8) & 255, idx & 255);
+        hb[j].namespace_ = (char *)"default";
+        hb[j].service = names[j];
+        hb[j].host = hosts[j];
+        hb[j].port = 8000 + idx % 1000;
+        ptrs[j] = &hb[j];
+    }
+    V1__HeartbeatsRequest r = V1__HEARTBEATS_REQUEST__INIT;
+    r.n_heartbeats = g_batch;
+    r.heartbeats = ptrs;
+    size_t len = v1__heartbeats_request__get_packed_size(&r);
+    if (len <= cap)
+        v1__heartbeats_request__pack(&r, buf);
+    free(hb);
+    free(ptrs);
+    free(names);
+    free(hosts);
+    return len <= cap ? len : 0;
 }
 
 static size_t req_echo(uint64_t n, uint8_t *buf, size_t cap)
@@ -619,6 +667,7 @@ static int usage(void)
                     "       lodestar-bench register TARGET CONCURRENCY SECONDS\n"
                     "       lodestar-bench discover TARGET CONCURRENCY SECONDS SERVICES\n"
                     "       lodestar-bench heartbeat TARGET CONCURRENCY SECONDS SERVICES INSTANCES\n"
+                    "       lodestar-bench batch-heartbeat TARGET STREAMS SECONDS SERVICES INSTANCES BATCH\n"
                     "       lodestar-bench echo TARGET CONCURRENCY SECONDS\n");
     return 2;
 }
@@ -655,6 +704,21 @@ int main(int argc, char **argv)
         g_instances = (unsigned)atoi(argv[6]);
         took = run_unary("/v1.PolarisGRPC/Heartbeat", atoi(argv[3]), atof(argv[4]), 0, req_heartbeat, &st);
         stats_print("heartbeat", &st, took);
+    } else if (strcmp(mode, "batch-heartbeat") == 0 && argc == 8) {
+        g_services = (unsigned)atoi(argv[5]);
+        g_instances = (unsigned)atoi(argv[6]);
+        g_batch = (unsigned)atoi(argv[7]);
+        if (g_batch < 1 || g_batch > 1000 || g_services * g_instances == 0) {
+            close_channels();
+            grpc_shutdown();
+            return usage();
+        }
+        took = run_streams("/v1.PolarisHeartbeatGRPC/BatchHeartbeat", atoi(argv[3]), atof(argv[4]),
+                           req_batch_heartbeat, false, &st);
+        size_t msgs = st.n;
+        stats_print("batch-heartbeat", &st, took);
+        printf("mode=batch-heartbeat beats=%llu seconds=%.2f beats_per_s=%.0f batch=%u streams=%d\n",
+               (unsigned long long)msgs * g_batch, took, (double)msgs * g_batch / took, g_batch, atoi(argv[3]));
     } else if (strcmp(mode, "echo") == 0 && argc == 5) {
         took = run_streams(ECHO_METHOD, atoi(argv[3]), atof(argv[4]), req_echo, false, &st);
         stats_print("echo", &st, took);

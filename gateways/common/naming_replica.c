@@ -368,13 +368,96 @@ static void namespaces_set(nr_t *r, V1__Namespace *const *list, size_t n)
     r->n_namespaces = k;
 }
 
+static void request_snapshot(nr_t *r);
+
+static int cmp_instance_id(const void *a, const void *b)
+{
+    const Lodestar__NamingInstance *x = *(Lodestar__NamingInstance *const *)a;
+    const Lodestar__NamingInstance *y = *(Lodestar__NamingInstance *const *)b;
+    return strcmp(x->instance ? sv(x->instance->id) : "", y->instance ? sv(y->instance->id) : "");
+}
+
+/* Merge a delta (see proto/naming.proto) into the state the replica holds.
+ * Returns the entry, or NULL when the delta does not follow what is held
+ * (stale: dropped; a gap: dropped and a snapshot requested). */
+static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d)
+{
+    const char *ns = d->service ? sv(d->service->namespace_) : "";
+    const char *name = d->service ? sv(d->service->name) : "";
+    nr_svc_t *e = *ns && *name ? svc_find(r, ns, name) : NULL;
+    if (e && d->seq <= e->pub.seq)
+        return NULL; /* already have it, or newer */
+    if (!e || !e->pub.state || e->pub.state->deleted || e->pub.seq < d->base_seq) {
+        log_info("naming replica: change to %s/%s at seq %llu follows seq %llu, which this replica does not hold; "
+                 "asking for a snapshot",
+                 ns, name, (unsigned long long)d->seq, (unsigned long long)d->base_seq);
+        if (r->connected && !r->snapreq)
+            request_snapshot(r);
+        return NULL;
+    }
+    Lodestar__NamingServiceState *st = e->pub.state;
+    instances_unindex(r, e);
+    cache_clear(e);
+    /* drop the removed and the replaced instances, then add the new versions */
+    size_t keep = 0;
+    for (size_t i = 0; i < st->n_instances; i++) {
+        Lodestar__NamingInstance *in = st->instances[i];
+        const char *id = in && in->instance ? sv(in->instance->id) : "";
+        bool gone = false;
+        for (size_t k = 0; k < d->n_removed_ids && !gone; k++)
+            gone = strcmp(id, d->removed_ids[k]) == 0;
+        for (size_t k = 0; k < d->n_instances && !gone; k++)
+            gone = d->instances[k]->instance && strcmp(id, sv(d->instances[k]->instance->id)) == 0;
+        if (gone)
+            lodestar__naming_instance__free_unpacked(in, NULL);
+        else
+            st->instances[keep++] = in;
+    }
+    size_t total = keep + d->n_instances;
+    Lodestar__NamingInstance **v = realloc(st->instances, (total ? total : 1) * sizeof *v);
+    if (!v) {
+        st->n_instances = keep;
+        log_error("naming replica: out of memory applying a change to %s/%s; asking for a snapshot", ns, name);
+        instances_index(r, e);
+        if (r->connected && !r->snapreq)
+            request_snapshot(r);
+        return NULL;
+    }
+    st->instances = v;
+    for (size_t k = 0; k < d->n_instances; k++) {
+        Lodestar__NamingInstance *c = (Lodestar__NamingInstance *)msg_copy(&d->instances[k]->base);
+        if (c)
+            st->instances[keep++] = c;
+    }
+    st->n_instances = keep;
+    qsort(st->instances, st->n_instances, sizeof *st->instances, cmp_instance_id);
+    V1__Service *svc = (V1__Service *)msg_copy(&d->service->base);
+    if (svc) {
+        v1__service__free_unpacked(st->service, NULL);
+        st->service = svc;
+    }
+    st->seq = d->seq;
+    e->pub.seq = d->seq;
+    e->pub.revision = sv(st->service->revision);
+    if (d->seq > r->last_seq)
+        r->last_seq = d->seq;
+    instances_index(r, e);
+    revisions_invalidate(r, e->nsb ? e->nsb : nsb_get(r, e->pub.ns, false));
+    return e;
+}
+
 static void apply_change(nr_t *r, const Lodestar__NamingChange *ch)
 {
     for (size_t i = 0; i < ch->n_services; i++) {
-        Lodestar__NamingServiceState *st = ch->services[i] ? state_copy(ch->services[i]) : NULL;
-        if (!st)
+        if (!ch->services[i])
             continue;
-        nr_svc_t *e = apply_state(r, st);
+        nr_svc_t *e;
+        if (ch->services[i]->delta) {
+            e = apply_delta(r, ch->services[i]);
+        } else {
+            Lodestar__NamingServiceState *st = state_copy(ch->services[i]);
+            e = st ? apply_state(r, st) : NULL;
+        }
         if (e)
             notify(r, &e->pub);
     }

@@ -446,3 +446,60 @@ Test(naming_replica, reconnect_requests_a_new_snapshot)
     cr_assert_null(nr_service(replica, "default", "stale"), "the new snapshot removed what the worker lost");
     cr_assert(nr_service(replica, "default", "kept"), "and brought the current state");
 }
+
+static int want_requests;
+static bool enough_requests(void) { return snapshot_requests >= want_requests; }
+static void run_until_requests(int n)
+{
+    want_requests = n;
+    run_until(enough_requests);
+}
+
+/* A delta push: only changed instances and removed ids, on top of base_seq. */
+static void push_delta(const char *ns, const char *name, const char *rev, unsigned base, unsigned seq,
+                       const char *instances, const char *removed_json)
+{
+    char st[6000], env[6400];
+    state_json(st, sizeof st, ns, name, rev, seq, false, instances);
+    /* turn the full state JSON into a delta: drop the closing brace, add the delta fields */
+    size_t len = strlen(st);
+    cr_assert(len > 0 && st[len - 1] == '}');
+    st[len - 1] = '\0';
+    snprintf(env, sizeof env,
+             "{\"namingChange\": {\"services\": [%s, \"delta\": true, \"baseSeq\": \"%u\", \"removedIds\": [%s]}], "
+             "\"seq\": \"%u\"}}",
+             st, base, removed_json, seq);
+    push_json(env);
+}
+
+Test(naming_replica, deltas_merge_on_their_base_and_gaps_ask_for_a_snapshot)
+{
+    start_empty();
+    push_state("default", "svc", "r5", 5, false, "a:1.1.1.1:80:1,b:1.1.1.2:80:1,c:1.1.1.3:80:1");
+    /* b changes, c goes, d arrives */
+    push_delta("default", "svc", "r6", 5, 6, "b:1.1.1.2:81:0,d:1.1.1.4:80:1", "\"c\"");
+    const nr_service_t *s = nr_service(replica, "default", "svc");
+    cr_assert_str_eq(s->revision, "r6");
+    cr_assert_eq(s->seq, 6);
+    cr_assert_eq(s->state->n_instances, 3, "a, b, d expected, got %zu", s->state->n_instances);
+    const char *want[] = {"a", "b", "d"};
+    for (size_t i = 0; i < 3; i++)
+        cr_assert_str_eq(s->state->instances[i]->instance->id->value, want[i], "instances stay in id order");
+    cr_assert_eq(s->state->instances[1]->instance->port->value, 81, "b took its new port");
+    cr_assert_null(nr_instance(replica, "c", NULL), "c left the index");
+    cr_assert(nr_instance(replica, "d", NULL), "d joined the index");
+    cr_assert_eq(changes, 2);
+
+    /* the same delta again (or an older one) changes nothing */
+    push_delta("default", "svc", "r6", 5, 6, "b:1.1.1.2:99:0", "");
+    cr_assert_eq(nr_service(replica, "default", "svc")->state->instances[1]->instance->port->value, 81);
+    cr_assert_eq(changes, 2, "a stale delta must not notify");
+
+    /* a delta whose base this replica never saw: dropped, snapshot requested */
+    int before = snapshot_requests;
+    push_delta("default", "svc", "r9", 8, 9, "e:1.1.1.5:80:1", "");
+    s = nr_service(replica, "default", "svc");
+    cr_assert_eq(s->seq, 6, "a delta over a gap must not be applied");
+    cr_assert_null(nr_instance(replica, "e", NULL));
+    run_until_requests(before + 1); /* the replica asked the worker for a snapshot */
+}

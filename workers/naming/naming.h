@@ -209,6 +209,7 @@ struct nm_service {
     /* model only */
     bool has_row;           /* a live row is applied; else the service exists only for its instances */
     bool unsorted;          /* instances (hh_svc order) are not in id order */
+    uint64_t pub_seq;       /* seq of its last published state; 0: none yet (the next one is full) */
     nm_instance_t *instances;
     uint32_t n_instances, n_healthy;
     char revision[NAMING_HEX_LEN + 1];
@@ -228,8 +229,18 @@ typedef struct nm_namespace {
 } nm_namespace_t;
 
 /* A service whose published state changed since the last publication. */
+/* An instance a touched service gained, changed or lost since its last
+ * publication (the content of a delta push). */
+typedef struct nm_touch_inst {
+    char *id;
+    bool removed;
+    UT_hash_handle hh;
+} nm_touch_inst_t;
+
 typedef struct nm_touch {
     char *key, *ns, *name;
+    bool full;                /* service-level change: publish the full state */
+    nm_touch_inst_t *insts;   /* otherwise: the instances to publish as a delta */
     UT_hash_handle hh;
 } nm_touch_t;
 

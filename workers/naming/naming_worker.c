@@ -43,6 +43,37 @@ static int cmp_touch(const void *a, const void *b)
     return strcmp((*(nm_touch_t *const *)a)->key, (*(nm_touch_t *const *)b)->key);
 }
 
+/* The state to push for one touched service: a delta naming only the
+ * instances that changed when the replicas already hold the previous
+ * publication of this service (the common case under registration and
+ * health traffic), else the full state. Packing full states of large
+ * services on every change would cost O(instances) per write. */
+static Lodestar__NamingServiceState *publish_state(nm_arena_t *a, nm_model_t *m, nm_service_t *s, const nm_touch_t *t,
+                                                   uint64_t seq)
+{
+    if (!s || !nm_service_live(s) || t->full || s->pub_seq == 0)
+        return nm_pb_state(a, s, t->ns, t->name, seq);
+    Lodestar__NamingServiceState *st = nm_arena_alloc(a, sizeof *st);
+    lodestar__naming_service_state__init(st);
+    st->seq = seq;
+    st->delta = true;
+    st->base_seq = s->pub_seq;
+    st->service = nm_pb_service(a, s, false);
+    size_t n = HASH_COUNT(t->insts), ni = 0, nr = 0;
+    st->instances = nm_arena_alloc(a, (n ? n : 1) * sizeof *st->instances);
+    st->removed_ids = nm_arena_alloc(a, (n ? n : 1) * sizeof *st->removed_ids);
+    for (const nm_touch_inst_t *ti = t->insts; ti; ti = ti->hh.next) {
+        nm_instance_t *in = ti->removed ? NULL : nm_model_instance(m, ti->id);
+        if (in && in->svc == s)
+            st->instances[ni++] = nm_instance_cached_pb(in);
+        else
+            st->removed_ids[nr++] = ti->id;
+    }
+    st->n_instances = ni;
+    st->n_removed_ids = nr;
+    return st;
+}
+
 void nm_publish(nm_state_t *st, uint64_t seq)
 {
     nm_model_t *m = st->model;
@@ -63,7 +94,9 @@ void nm_publish(nm_state_t *st, uint64_t seq)
     ch.services = nm_arena_alloc(&a, n * sizeof *ch.services);
     for (i = 0; i < n; i++) {
         nm_service_t *s = nm_model_service(m, v[i]->ns, v[i]->name);
-        ch.services[i] = nm_pb_state(&a, s, v[i]->ns, v[i]->name, seq);
+        ch.services[i] = publish_state(&a, m, s, v[i], seq);
+        if (s)
+            s->pub_seq = seq;
     }
     free(v);
     if (m->namespaces_changed)

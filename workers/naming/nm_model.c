@@ -517,6 +517,13 @@ void nm_model_clear_touched(nm_model_t *m)
     HASH_ITER(hh, m->touched, t, tmp)
     {
         HASH_DEL(m->touched, t);
+        nm_touch_inst_t *ti, *ttmp;
+        HASH_ITER(hh, t->insts, ti, ttmp)
+        {
+            HASH_DEL(t->insts, ti);
+            free(ti->id);
+            free(ti);
+        }
         free(t->key);
         free(t->ns);
         free(t->name);
@@ -577,17 +584,41 @@ nm_namespace_t *nm_model_namespace(const nm_model_t *m, const char *name)
     return ns;
 }
 
-static void touch(nm_model_t *m, const nm_service_t *s)
+static nm_touch_t *touch_get(nm_model_t *m, const nm_service_t *s)
 {
     nm_touch_t *t = NULL;
     HASH_FIND_STR(m->touched, s->key, t);
     if (t)
-        return;
+        return t;
     t = nm_xcalloc(1, sizeof *t);
     t->key = nm_xstrdup(s->key);
     t->ns = nm_xstrdup(s->ns);
     t->name = nm_xstrdup(s->name);
     HASH_ADD_KEYPTR(hh, m->touched, t->key, strlen(t->key), t);
+    return t;
+}
+
+/* A service-level change: its next publication is a full state. */
+static void touch(nm_model_t *m, const nm_service_t *s)
+{
+    touch_get(m, s)->full = true;
+}
+
+/* One instance of s was added, changed or removed: unless something else
+ * asks for a full state, the next publication is a delta naming it. */
+static void touch_inst(nm_model_t *m, const nm_service_t *s, const char *id, bool removed)
+{
+    nm_touch_t *t = touch_get(m, s);
+    if (t->full)
+        return;
+    nm_touch_inst_t *ti = NULL;
+    HASH_FIND_STR(t->insts, id, ti);
+    if (!ti) {
+        ti = nm_xcalloc(1, sizeof *ti);
+        ti->id = nm_xstrdup(id);
+        HASH_ADD_KEYPTR(hh, t->insts, ti->id, strlen(ti->id), ti);
+    }
+    ti->removed = removed;
 }
 
 /* Drop a service that has neither a row nor instances. */
@@ -616,7 +647,7 @@ static void instance_detach(nm_model_t *m, nm_instance_t *in)
     if (s) {
         HASH_DELETE(hh_svc, s->instances, in);
         s->n_instances = HASH_CNT(hh_svc, s->instances);
-        touch(m, s);
+        touch_inst(m, s, in->id, true);
         maybe_remove_service(m, s);
     }
     in->svc = NULL;
@@ -683,7 +714,7 @@ int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row)
         return 0;
     }
     if (cur && !row->deleted && strcmp(cur->ns, row->ns) == 0 && strcmp(cur->service, row->service) == 0) {
-        touch(m, cur->svc);
+        touch_inst(m, cur->svc, cur->id, false);
         instance_take_fields(cur, row);
         return 1;
     }
@@ -708,7 +739,7 @@ int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row)
     HASH_ADD_KEYPTR(hh, m->instances, row->id, strlen(row->id), row);
     HASH_ADD_KEYPTR(hh_svc, s->instances, row->id, strlen(row->id), row);
     s->n_instances = HASH_CNT(hh_svc, s->instances);
-    touch(m, s);
+    touch_inst(m, s, row->id, false);
     return 1;
 }
 
