@@ -467,15 +467,22 @@ void nm_service_sort(nm_service_t *s)
     s->unsorted = false;
 }
 
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : 0;
+}
+
+/* The service revision covers its own fields and the set of its instances'
+ * revisions. The set enters as the XOR of the instance digests (and their
+ * count): independent of order, so no sort is needed on every change, and
+ * still equal on every node holding the same data. */
 void nm_service_refresh(nm_service_t *s)
 {
-    nm_service_sort(s);
-    size_t cap = HASH_CNT(hh_svc, s->instances);
-    /* the instances' revisions (each covers its id) in id order, as one run */
-    char *revs = nm_xcalloc(cap ? cap : 1, NAMING_HEX_LEN);
+    unsigned char agg[NAMING_HEX_LEN / 2] = {0};
     uint32_t n = 0, healthy = 0;
     for (nm_instance_t *in = s->instances; in; in = in->hh_svc.next) {
-        memcpy(revs + (size_t)n * NAMING_HEX_LEN, in->revision, NAMING_HEX_LEN);
+        for (size_t i = 0; i < sizeof agg; i++)
+            agg[i] ^= (unsigned char)(hexval(in->revision[2 * i]) << 4 | hexval(in->revision[2 * i + 1]));
         n++;
         if (in->healthy && !in->isolate)
             healthy++;
@@ -502,8 +509,7 @@ void nm_service_refresh(nm_service_t *s)
     naming_digest_add_str(&d, s->token);
     naming_digest_add_str(&d, s->platform_id);
     digest_u64(&d, n);
-    naming_digest_add(&d, revs, (size_t)n * NAMING_HEX_LEN);
-    free(revs);
+    naming_digest_add(&d, agg, sizeof agg);
     naming_digest_hex(&d, s->revision);
 }
 
