@@ -207,10 +207,24 @@ static char *fingerprint(const cfg_t *c, proc_kind_t kind, const char *role)
         fp_add(&b, &len, &cap, "dsn=%s|ct=%d|rb=%d|", dsn, c->store.connect_timeout_ms,
                c->store.reconnect_backoff_max_ms);
         free(dsn);
+        if (strcmp(role, "naming") == 0)
+            fp_add(&b, &len, &cap, "nw=%d,%d,%d,%d,%d,%d,%d|", c->naming_worker.auto_create_namespace,
+                   c->naming_worker.auto_create_service, c->naming_worker.batch_max, c->naming_worker.batch_wait_ms,
+                   c->naming_worker.batch_queue_size, c->naming_worker.sync_interval_ms,
+                   c->naming_worker.deleted_retention_s);
+        if (strcmp(role, "config") == 0)
+            fp_add(&b, &len, &cap, "cw=%u,%d,%d|", c->config_worker.max_content_bytes, c->config_worker.sync_interval_ms,
+                   c->config_worker.deleted_retention_s);
         if (strcmp(role, "health") == 0)
-            fp_add(&b, &len, &cap, "hc=%d,%d,%s,%s,%d|", c->healthcheck.enabled, c->healthcheck.store,
-                   c->healthcheck.redis_address ? c->healthcheck.redis_address : "",
-                   c->healthcheck.redis_password ? c->healthcheck.redis_password : "", c->healthcheck.redis_db);
+            fp_add(&b, &len, &cap, "hc=%d,%d,%s,%s,%d,%s,%d,%d,%d,%d,%d,%d,%d,%d,%s,%d|", c->healthcheck.enabled,
+                   c->healthcheck.store, c->healthcheck.redis_address ? c->healthcheck.redis_address : "",
+                   c->healthcheck.redis_password ? c->healthcheck.redis_password : "", c->healthcheck.redis_db,
+                   c->healthcheck.redis_key_prefix, c->healthcheck.redis_timeout_ms, c->healthcheck.slot_num,
+                   c->healthcheck.min_check_interval_ms, c->healthcheck.max_check_interval_ms,
+                   c->healthcheck.protect_threshold_percent, c->healthcheck.restart_grace_ms,
+                   c->healthcheck.cleanup_enabled, c->healthcheck.cleanup_unhealthy_for_s,
+                   c->healthcheck.cluster_node_id ? c->healthcheck.cluster_node_id : "",
+                   c->healthcheck.cluster_announce_ttl_ms);
     } else if (kind == PK_GATEWAY) {
         for (size_t i = 0; i < c->n_listeners; i++) {
             const cfg_listener_t *l = &c->listeners[i];
