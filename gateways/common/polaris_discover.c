@@ -342,3 +342,54 @@ int pd_discover(nr_t *r, const V1__DiscoverRequest *dr, pd_encode_fn enc, int sl
         return discover_services(r, dr, enc, out);
     return discover_rules(dr, enc, out);
 }
+
+uint32_t pd_beat_target(nr_t *r, const V1__Instance *in, char idbuf[41], const char **id, const char **why)
+{
+    *id = NULL;
+    *why = NULL;
+    if (in->id) {
+        if (!*sv(in->id)) {
+            *why = "id is empty";
+            return V1__CODE__InvalidInstanceID;
+        }
+        *id = sv(in->id);
+    } else {
+        if (!*sv(in->service)) {
+            *why = "service is required without an id";
+            return V1__CODE__InvalidServiceName;
+        }
+        if (!*sv(in->namespace_)) {
+            *why = "namespace is required without an id";
+            return V1__CODE__InvalidNamespaceName;
+        }
+        if (!*sv(in->host)) {
+            *why = "host is required without an id";
+            return V1__CODE__InvalidInstanceHost;
+        }
+        if (!in->port || in->port->value == 0 || in->port->value > 65535) {
+            *why = "port must be 1..65535 without an id";
+            return V1__CODE__InvalidInstancePort;
+        }
+        naming_instance_id(sv(in->namespace_), sv(in->service), sv(in->vpc_id), sv(in->host), in->port->value, idbuf);
+        *id = idbuf;
+    }
+    if (!r) {
+        *why = "the naming worker is not enabled";
+        return V1__CODE__ExecuteException;
+    }
+    if (!nr_ready(r)) {
+        *why = "naming data not loaded yet: the gateway waits for the naming worker's snapshot";
+        return V1__CODE__ExecuteException;
+    }
+    const Lodestar__NamingInstance *ni = nr_instance(r, *id, NULL);
+    if (!ni || !ni->instance) {
+        *why = "no instance with that id";
+        return V1__CODE__NotFoundInstance;
+    }
+    const V1__Instance *known = ni->instance;
+    if (!(known->enable_health_check && known->enable_health_check->value && known->health_check)) {
+        *why = "the instance has no heartbeat health check";
+        return V1__CODE__HeartbeatOnDisabledIns;
+    }
+    return 0;
+}

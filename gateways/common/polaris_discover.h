@@ -49,4 +49,13 @@ int pd_short(uint32_t code, int type, V1__Service *asked, const char *detail, pd
 
 void pd_answer_release(pd_answer_t *a);
 
+/* The instance a Polaris heartbeat names, resolved in the replica: by its
+ * id, or by the Polaris id of namespace/service/host/port (idbuf holds it).
+ * Returns 0 with *id set, or the Polaris code to answer with *why saying
+ * which input: 400130/400120/400110/400131/400132 for a bad key, 500000
+ * when the replica is not loaded, 400303 NotFoundInstance, 400141
+ * HeartbeatOnDisabledIns (enable_health_check off or no health check, as
+ * polaris-server decides). */
+uint32_t pd_beat_target(nr_t *r, const V1__Instance *in, char idbuf[41], const char **id, const char **why);
+
 #endif

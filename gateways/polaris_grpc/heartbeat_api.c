@@ -35,6 +35,7 @@
 #include "naming_id.h"
 #include "naming_replica.h"
 #include "pg.h"
+#include "common/polaris_discover.h"
 #include "polaris_heartbeat.pb-c.h"
 
 #define M_HEARTBEAT "/v1.PolarisGRPC/Heartbeat"
@@ -45,7 +46,6 @@
 #define PG_RELAY_MAX 1024      /* ids per HeartbeatBatch */
 #define PG_STREAM_MAX_WAITING 32 /* BatchHeartbeat requests waiting before reading pauses */
 
-static const char *sv(const Google__Protobuf__StringValue *v) { return v && v->value ? v->value : ""; }
 
 /* ------------------------------------------------------------- relay */
 
@@ -177,29 +177,6 @@ static int relay_beat(struct pg_relay *rl, const char *id, beat_cb cb, void *arg
 
 /* ------------------------------------------------------ resolution */
 
-/* The id a beat names: its id, or the Polaris id of its key. 0, or the
- * Polaris code for the invalid part (checked as Polaris does). */
-static uint32_t beat_id(const V1__Instance *in, char out[NAMING_HEX_LEN + 1], const char **id)
-{
-    if (in->id) {
-        if (!*sv(in->id))
-            return V1__CODE__InvalidInstanceID;
-        *id = sv(in->id);
-        return 0;
-    }
-    if (!*sv(in->service))
-        return V1__CODE__InvalidServiceName;
-    if (!*sv(in->namespace_))
-        return V1__CODE__InvalidNamespaceName;
-    if (!*sv(in->host))
-        return V1__CODE__InvalidInstanceHost;
-    if (!in->port || in->port->value == 0 || in->port->value > 65535)
-        return V1__CODE__InvalidInstancePort;
-    naming_instance_id(sv(in->namespace_), sv(in->service), sv(in->vpc_id), sv(in->host), in->port->value, out);
-    *id = out;
-    return 0;
-}
-
 static bool health_enabled(const Lodestar__NamingInstance *ni)
 {
     const V1__Instance *in = ni->instance;
@@ -255,34 +232,18 @@ static void on_heartbeat(gs_call_t *call, const uint8_t *req, size_t len, void *
     }
     h->call = call;
     h->in = in;
-    const char *id = NULL;
-    uint32_t bad = beat_id(in, h->id, &id);
-    if (bad) {
-        hb_answer(h, bad, NULL);
-        return;
-    }
-    if (id != h->id)
+    const char *id = NULL, *why = NULL;
+    uint32_t bad = pd_beat_target(gw_replica(st->gw), in, h->id, &id, &why);
+    if (id && id != h->id)
         snprintf(h->id, sizeof h->id, "%.*s", (int)NAMING_HEX_LEN, id);
-    nr_t *r = gw_replica(st->gw);
-    if (!r || !nr_ready(r)) {
-        hb_answer(h, V1__CODE__ExecuteException,
-                  r ? "naming data not loaded yet: the gateway waits for the naming worker's snapshot"
-                    : "naming worker not enabled");
-        return;
-    }
-    const Lodestar__NamingInstance *ni = nr_instance(r, id, NULL);
-    if (!in->id) {
+    if (id && !in->id) {
         /* echo the id the beat resolved to, as Polaris does */
         google__protobuf__string_value__init(&h->idv);
         h->idv.value = h->id;
         in->id = &h->idv;
     }
-    if (!ni) {
-        hb_answer(h, V1__CODE__NotFoundInstance, NULL);
-        return;
-    }
-    if (!health_enabled(ni)) {
-        hb_answer(h, V1__CODE__HeartbeatOnDisabledIns, NULL);
+    if (bad) {
+        hb_answer(h, bad, bad == V1__CODE__ExecuteException ? why : NULL);
         return;
     }
     if (relay_beat(st->relay, id, on_hb_acked, h) < 0)

@@ -30,6 +30,7 @@
 #include "naming_id.h"
 #include "naming_replica.h"
 #include "ph.h"
+#include "common/polaris_discover.h"
 
 /* ------------------------------------------------ register / deregister */
 
@@ -115,34 +116,7 @@ static void ph_on_heartbeat_ack(ph_call_t *call, int status, Lodestar__Envelope 
     protobuf_c_message_free_unpacked(&ins->base, NULL);
 }
 
-/* Polaris' checks of a heartbeat that names its instance without an id. */
-static bool ph_heartbeat_tetrad(ph_call_t *call, const V1__Instance *ins)
-{
-    if (!*sv(ins->service)) {
-        ph_heartbeat_answer(call, V1__CODE__InvalidServiceName, ins, "service is required without an id");
-        return false;
-    }
-    if (!*sv(ins->namespace_)) {
-        ph_heartbeat_answer(call, V1__CODE__InvalidNamespaceName, ins, "namespace is required without an id");
-        return false;
-    }
-    if (!*sv(ins->host)) {
-        ph_heartbeat_answer(call, V1__CODE__InvalidInstanceHost, ins, "host is required without an id");
-        return false;
-    }
-    if (!ins->port || ins->port->value == 0 || ins->port->value > 65535) {
-        ph_heartbeat_answer(call, V1__CODE__InvalidInstancePort, ins, "port must be 1..65535 without an id");
-        return false;
-    }
-    return true;
-}
 
-static bool ph_health_check_enabled(const V1__Instance *i)
-{
-    if (i->enable_health_check)
-        return i->enable_health_check->value;
-    return i->health_check && i->health_check->type == V1__HEALTH_CHECK__HEALTH_CHECK_TYPE__HEARTBEAT;
-}
 
 static void ph_heartbeat(ph_call_t *call)
 {
@@ -152,41 +126,14 @@ static void ph_heartbeat(ph_call_t *call)
     ph_state_t *st = call->st;
     nr_t *r = st->gw ? gw_replica(st->gw) : NULL;
     char idbuf[NAMING_HEX_LEN + 1];
-    const char *id = NULL;
-    const Lodestar__NamingInstance *found = NULL;
+    const char *id = NULL, *why = NULL;
     if (!st->gw) {
         ph_heartbeat_answer(call, V1__CODE__ExecuteException, ins, "the gateway is stopping");
         goto out;
     }
-    if (!r) {
-        ph_heartbeat_answer(call, V1__CODE__ClientAPINotOpen, ins, "the naming worker is not enabled");
-        goto out;
-    }
-    if (ins->id) {
-        id = sv(ins->id);
-        if (!*id) {
-            ph_heartbeat_answer(call, V1__CODE__InvalidInstanceID, ins, "id is empty");
-            goto out;
-        }
-    } else {
-        if (!ph_heartbeat_tetrad(call, ins))
-            goto out;
-        naming_instance_id(sv(ins->namespace_), sv(ins->service), sv(ins->vpc_id), sv(ins->host), ins->port->value,
-                           idbuf);
-        id = idbuf;
-    }
-    if (!nr_ready(r)) {
-        ph_heartbeat_answer(call, V1__CODE__ExecuteException, ins, "the naming data is not loaded yet");
-        goto out;
-    }
-    found = nr_instance(r, id, NULL);
-    if (!found || !found->instance) {
-        ph_heartbeat_answer(call, V1__CODE__NotFoundInstance, ins, "no instance with id %s", id);
-        goto out;
-    }
-    if (!ph_health_check_enabled(found->instance)) {
-        ph_heartbeat_answer(call, V1__CODE__HeartbeatOnDisabledIns, ins, "instance %s has no heartbeat health check",
-                            id);
+    uint32_t bad = pd_beat_target(r, ins, idbuf, &id, &why);
+    if (bad) {
+        ph_heartbeat_answer(call, bad, ins, "%s%s%s", id ? id : "", id ? ": " : "", why);
         goto out;
     }
     struct timespec now;
