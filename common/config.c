@@ -77,6 +77,9 @@ enum slot {
     SL_BACKOFF_INIT,
     SL_BACKOFF_MAX,
     SL_HC_STORE,
+    SL_HC_SLOTS,
+    SL_HC_MIN,
+    SL_HC_MAX,
     SL_L_NAME,
     SL_L_PROTO,
     SL_L_ADDR,
@@ -950,6 +953,20 @@ static const field_t redis_fields[] = {
     {.key = "address", .type = FT_OPTSTR, .off = offsetof(cfg_healthcheck_t, redis_address)},
     {.key = "password", .type = FT_OPTSTR, .off = offsetof(cfg_healthcheck_t, redis_password)},
     {.key = "db", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, redis_db), .min = 0, .max = INT_MAX},
+    {.key = "key_prefix", .type = FT_STR, .off = offsetof(cfg_healthcheck_t, redis_key_prefix)},
+    {.key = "timeout_ms", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, redis_timeout_ms), .min = 1, .max = MS_MAX},
+    {0},
+};
+
+static const field_t hc_cleanup_fields[] = {
+    {.key = "enabled", .type = FT_BOOL, .off = offsetof(cfg_healthcheck_t, cleanup_enabled)},
+    {.key = "unhealthy_for_s", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, cleanup_unhealthy_for_s), .min = 1, .max = INT_MAX / 1000},
+    {0},
+};
+
+static const field_t hc_cluster_fields[] = {
+    {.key = "node_id", .type = FT_OPTSTR, .off = offsetof(cfg_healthcheck_t, cluster_node_id)},
+    {.key = "announce_ttl_ms", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, cluster_announce_ttl_ms), .min = 100, .max = MS_MAX},
     {0},
 };
 
@@ -957,6 +974,13 @@ static const field_t healthcheck_fields[] = {
     {.key = "enabled", .type = FT_BOOL, .off = offsetof(cfg_healthcheck_t, enabled)},
     {.key = "store", .type = FT_FN, .fn = fn_hc_store, .slot = SL_HC_STORE},
     {.key = "redis", .type = FT_MAP, .off = 0, .sub = redis_fields},
+    {.key = "slot_num", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, slot_num), .min = 2, .max = 1000000, .slot = SL_HC_SLOTS},
+    {.key = "min_check_interval_ms", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, min_check_interval_ms), .min = 1, .max = MS_MAX, .slot = SL_HC_MIN},
+    {.key = "max_check_interval_ms", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, max_check_interval_ms), .min = 1, .max = MS_MAX, .slot = SL_HC_MAX},
+    {.key = "protect_threshold_percent", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, protect_threshold_percent), .min = 0, .max = 100},
+    {.key = "restart_grace_ms", .type = FT_INT, .off = offsetof(cfg_healthcheck_t, restart_grace_ms), .min = 0, .max = MS_MAX},
+    {.key = "cleanup", .type = FT_MAP, .off = 0, .sub = hc_cleanup_fields},
+    {.key = "cluster", .type = FT_MAP, .off = 0, .sub = hc_cluster_fields},
     {0},
 };
 
@@ -1022,6 +1046,8 @@ TABLE_FITS(embedded_fields);
 TABLE_FITS(store_fields);
 TABLE_FITS(redis_fields);
 TABLE_FITS(healthcheck_fields);
+TABLE_FITS(hc_cleanup_fields);
+TABLE_FITS(hc_cluster_fields);
 TABLE_FITS(worker_fields);
 TABLE_FITS(naming_batch_fields);
 TABLE_FITS(naming_worker_fields);
@@ -1059,6 +1085,13 @@ static int set_defaults(ctx_t *c, cfg_t *cfg)
     cfg->healthcheck.store = CFG_HC_MEMORY;
     cfg->healthcheck.redis_address = xstrdup(c, "127.0.0.1:6379");
     cfg->healthcheck.redis_db = 0;
+    cfg->healthcheck.redis_key_prefix = xstrdup(c, "lodestar:");
+    cfg->healthcheck.redis_timeout_ms = 2000;
+    cfg->healthcheck.slot_num = 30;
+    cfg->healthcheck.min_check_interval_ms = 1000;
+    cfg->healthcheck.max_check_interval_ms = 30000;
+    cfg->healthcheck.cleanup_unhealthy_for_s = 3600;
+    cfg->healthcheck.cluster_announce_ttl_ms = 5000;
     cfg->naming.enabled = cfg->config.enabled = cfg->health.enabled = true;
     cfg->config_worker = (cfg_config_worker_t){
         .max_content_bytes = 20000,
@@ -1154,6 +1187,20 @@ static void finalize(ctx_t *c, yaml_mark_t top)
     if (cfg->healthcheck.store == CFG_HC_REDIS && !cfg->healthcheck.redis_address)
         err_path(c, mark_or(c->slot[SL_HC_STORE], top), "healthcheck.redis.address",
                  "required when healthcheck.store is redis");
+    cfg_healthcheck_t *hc = &cfg->healthcheck;
+    if (hc->min_check_interval_ms > hc->max_check_interval_ms) {
+        bool at_min = c->slot[SL_HC_MIN] != NULL;
+        err_path(c, mark_or(at_min ? c->slot[SL_HC_MIN] : c->slot[SL_HC_MAX], top),
+                 at_min ? "healthcheck.min_check_interval_ms" : "healthcheck.max_check_interval_ms",
+                 "min_check_interval_ms (%d) must not exceed max_check_interval_ms (%d)", hc->min_check_interval_ms,
+                 hc->max_check_interval_ms);
+    } else if (hc->max_check_interval_ms < hc->slot_num) {
+        bool at_slots = c->slot[SL_HC_SLOTS] != NULL;
+        err_path(c, mark_or(at_slots ? c->slot[SL_HC_SLOTS] : c->slot[SL_HC_MAX], top),
+                 at_slots ? "healthcheck.slot_num" : "healthcheck.max_check_interval_ms",
+                 "%d slots over max_check_interval_ms %d would tick faster than 1 ms", hc->slot_num,
+                 hc->max_check_interval_ms);
+    }
     if (cfg->runtime_dir && strlen(cfg->runtime_dir) > CFG_RUNTIME_DIR_MAX)
         err_path(c, mark_or(c->slot[SL_RUNTIME_DIR], top), "runtime_dir",
                  "\"%s\" is too long for Unix socket paths (at most %d bytes)", cfg->runtime_dir,
@@ -1238,6 +1285,8 @@ void cfg_free(cfg_t *cfg)
     free(cfg->store.embedded.user);
     free(cfg->healthcheck.redis_address);
     free(cfg->healthcheck.redis_password);
+    free(cfg->healthcheck.redis_key_prefix);
+    free(cfg->healthcheck.cluster_node_id);
     listeners_free(cfg);
     free(cfg);
 }

@@ -116,6 +116,17 @@ typedef struct cfg_healthcheck {
     char *redis_address; /* "host:port" or "unix:/path"; required when store is redis */
     char *redis_password;
     int redis_db;
+    char *redis_key_prefix;        /* redis.key_prefix: every key starts with it (default "lodestar:") */
+    int redis_timeout_ms;          /* redis.timeout_ms: unanswered this long = store unreachable (default 2000) */
+    int slot_num;                  /* time wheel slots (default 30, Polaris' slotNum) */
+    int min_check_interval_ms;     /* shortest delay between two checks of an instance (default 1000) */
+    int max_check_interval_ms;     /* longest delay; the wheel spans it (default 30000) */
+    int protect_threshold_percent; /* never more than this % of a service's instances unhealthy; 0 = off */
+    int restart_grace_ms;          /* after a (re)start nothing is marked unhealthy before this (and 3 x TTL) */
+    bool cleanup_enabled;          /* cleanup.enabled: delete long-unhealthy instances (default false) */
+    int cleanup_unhealthy_for_s;   /* cleanup.unhealthy_for_s: unhealthy this long -> deregistered (default 3600) */
+    char *cluster_node_id;         /* cluster.node_id: this node's name in Redis; NULL = hostname + runtime_dir */
+    int cluster_announce_ttl_ms;   /* cluster.announce_ttl_ms: a silent node is dead after this (default 5000) */
 } cfg_healthcheck_t;
 
 typedef struct cfg {

@@ -232,7 +232,11 @@ static const Lodestar__NamingServiceState *await_push(cli_t *c, const char *name
     long long end = lstest_now_ms() + ms;
     for (;;) {
         const Lodestar__NamingServiceState *st = last_push(c, name, NULL);
-        if (st && !st->deleted && st->n_instances == n)
+        /* pushes may be deltas: the service message always carries the count */
+        size_t have = st && st->service && st->service->total_instance_count
+                          ? st->service->total_instance_count->value
+                          : st && !st->delta ? st->n_instances : (size_t)-1;
+        if (st && !st->deleted && have == n)
             return st;
         if (lstest_now_ms() >= end)
             return NULL;

@@ -176,6 +176,17 @@ Test(config, example_file_parses_with_documented_values)
     cr_assert_str_eq(cfg->healthcheck.redis_address, "127.0.0.1:6379");
     cr_assert_null(cfg->healthcheck.redis_password);
     cr_assert_eq(cfg->healthcheck.redis_db, 0);
+    cr_assert_str_eq(cfg->healthcheck.redis_key_prefix, "lodestar:");
+    cr_assert_eq(cfg->healthcheck.redis_timeout_ms, 2000);
+    cr_assert_eq(cfg->healthcheck.slot_num, 30, "Polaris' slotNum");
+    cr_assert_eq(cfg->healthcheck.min_check_interval_ms, 1000);
+    cr_assert_eq(cfg->healthcheck.max_check_interval_ms, 30000);
+    cr_assert_eq(cfg->healthcheck.protect_threshold_percent, 0, "no protect threshold by default");
+    cr_assert_eq(cfg->healthcheck.restart_grace_ms, 0);
+    cr_assert_not(cfg->healthcheck.cleanup_enabled, "the clean-up job is off by default");
+    cr_assert_eq(cfg->healthcheck.cleanup_unhealthy_for_s, 3600);
+    cr_assert_null(cfg->healthcheck.cluster_node_id, "empty node_id: derived from the host");
+    cr_assert_eq(cfg->healthcheck.cluster_announce_ttl_ms, 5000);
     cr_assert(cfg->naming.enabled && cfg->config.enabled && cfg->health.enabled);
     cr_assert(cfg->naming_worker.auto_create_namespace && cfg->naming_worker.auto_create_service);
     cr_assert_eq(cfg->naming_worker.batch_max, 128);
@@ -228,6 +239,8 @@ static void assert_cfg_equal(const cfg_t *a, const cfg_t *b)
     STR_EQ(store.embedded.user);
     STR_EQ(healthcheck.redis_address);
     STR_EQ(healthcheck.redis_password);
+    STR_EQ(healthcheck.redis_key_prefix);
+    STR_EQ(healthcheck.cluster_node_id);
     cr_assert_eq(a->log.level, b->log.level);
     cr_assert_eq(memcmp(&a->supervisor, &b->supervisor, sizeof a->supervisor), 0, "supervisor differs");
     cr_assert_eq(memcmp(&a->ipc, &b->ipc, sizeof a->ipc), 0, "ipc differs");
@@ -237,6 +250,10 @@ static void assert_cfg_equal(const cfg_t *a, const cfg_t *b)
     cr_assert_eq(a->healthcheck.enabled, b->healthcheck.enabled);
     cr_assert_eq(a->healthcheck.store, b->healthcheck.store);
     cr_assert_eq(a->healthcheck.redis_db, b->healthcheck.redis_db);
+    cr_assert_eq(a->healthcheck.slot_num, b->healthcheck.slot_num);
+    cr_assert_eq(a->healthcheck.min_check_interval_ms, b->healthcheck.min_check_interval_ms);
+    cr_assert_eq(a->healthcheck.max_check_interval_ms, b->healthcheck.max_check_interval_ms);
+    cr_assert_eq(a->healthcheck.cleanup_enabled, b->healthcheck.cleanup_enabled);
     cr_assert_eq(a->naming.enabled, b->naming.enabled);
     cr_assert_eq(a->config.enabled, b->config.enabled);
     cr_assert_eq(a->health.enabled, b->health.enabled);
@@ -318,6 +335,17 @@ static void assert_defaults(const cfg_t *cfg, const char *base)
     cr_assert_str_eq(cfg->healthcheck.redis_address, "127.0.0.1:6379");
     cr_assert_null(cfg->healthcheck.redis_password);
     cr_assert_eq(cfg->healthcheck.redis_db, 0);
+    cr_assert_str_eq(cfg->healthcheck.redis_key_prefix, "lodestar:");
+    cr_assert_eq(cfg->healthcheck.redis_timeout_ms, 2000);
+    cr_assert_eq(cfg->healthcheck.slot_num, 30, "Polaris' slotNum");
+    cr_assert_eq(cfg->healthcheck.min_check_interval_ms, 1000);
+    cr_assert_eq(cfg->healthcheck.max_check_interval_ms, 30000);
+    cr_assert_eq(cfg->healthcheck.protect_threshold_percent, 0, "no protect threshold by default");
+    cr_assert_eq(cfg->healthcheck.restart_grace_ms, 0);
+    cr_assert_not(cfg->healthcheck.cleanup_enabled, "the clean-up job is off by default");
+    cr_assert_eq(cfg->healthcheck.cleanup_unhealthy_for_s, 3600);
+    cr_assert_null(cfg->healthcheck.cluster_node_id, "empty node_id: derived from the host");
+    cr_assert_eq(cfg->healthcheck.cluster_announce_ttl_ms, 5000);
     cr_assert(cfg->naming.enabled && cfg->config.enabled && cfg->health.enabled);
     cr_assert_eq(cfg->config_worker.max_content_bytes, 20000u, "Polaris' contentMaxLength default");
     cr_assert_eq(cfg->config_worker.sync_interval_ms, 250);
@@ -799,6 +827,49 @@ Test(config_errors, redis_store_without_address)
 {
     EXPECT_FILE("redis_no_address.yaml",
                 "redis_no_address.yaml:3:10: healthcheck.redis.address: required when healthcheck.store is redis");
+}
+
+Test(config, healthcheck_knobs)
+{
+    cfg_t *cfg = load_ok("healthcheck:\n"
+                         "  store: redis\n"
+                         "  redis: {address: '127.0.0.1:7000', key_prefix: 'ls-test:', timeout_ms: 300}\n"
+                         "  slot_num: 300\n"
+                         "  min_check_interval_ms: 100\n"
+                         "  max_check_interval_ms: 3000\n"
+                         "  protect_threshold_percent: 40\n"
+                         "  restart_grace_ms: 2500\n"
+                         "  cleanup: {enabled: yes, unhealthy_for_s: 5}\n"
+                         "  cluster: {node_id: node-a, announce_ttl_ms: 1500}\n",
+                         "/etc/lodestar/lodestar.yaml");
+    const cfg_healthcheck_t *hc = &cfg->healthcheck;
+    cr_assert_eq(hc->store, CFG_HC_REDIS);
+    cr_assert_str_eq(hc->redis_key_prefix, "ls-test:");
+    cr_assert_eq(hc->redis_timeout_ms, 300);
+    cr_assert_eq(hc->slot_num, 300);
+    cr_assert_eq(hc->min_check_interval_ms, 100);
+    cr_assert_eq(hc->max_check_interval_ms, 3000);
+    cr_assert_eq(hc->protect_threshold_percent, 40);
+    cr_assert_eq(hc->restart_grace_ms, 2500);
+    cr_assert(hc->cleanup_enabled);
+    cr_assert_eq(hc->cleanup_unhealthy_for_s, 5);
+    cr_assert_str_eq(hc->cluster_node_id, "node-a");
+    cr_assert_eq(hc->cluster_announce_ttl_ms, 1500);
+    cfg_free(cfg);
+}
+
+Test(config_errors, healthcheck_intervals)
+{
+    EXPECT_BUFFER("healthcheck:\n  min_check_interval_ms: 5000\n  max_check_interval_ms: 2000\n", "hc.yaml",
+                  "hc.yaml:2:26: healthcheck.min_check_interval_ms: min_check_interval_ms (5000) must not exceed "
+                  "max_check_interval_ms (2000)");
+    EXPECT_BUFFER("healthcheck: {slot_num: 100, max_check_interval_ms: 50, min_check_interval_ms: 10}\n", "hc.yaml",
+                  "hc.yaml:1:25: healthcheck.slot_num: 100 slots over max_check_interval_ms 50 would tick faster "
+                  "than 1 ms");
+    EXPECT_BUFFER("healthcheck: {protect_threshold_percent: 101, slot_num: 1, redis: {key_prefix: ''}}\n", "hc.yaml",
+                  "hc.yaml:1:42: healthcheck.protect_threshold_percent: expected an integer 0..100, got \"101\"",
+                  "hc.yaml:1:57: healthcheck.slot_num: expected an integer 2..1000000, got \"1\"",
+                  "hc.yaml:1:80: healthcheck.redis.key_prefix: must not be empty");
 }
 
 Test(config_errors, bad_ip_address)
