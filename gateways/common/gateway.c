@@ -2,7 +2,9 @@
  * gateway.c: see gateway.h. Owns the worker clients of one gateway process,
  * the health checks in flight over them, and the naming read replica: the
  * naming client's pushes and connection changes go straight to it
- * (naming_replica.h), so it asks for a snapshot on every connect.
+ * (naming_replica.h), so it asks for a snapshot on every connect; the
+ * config client's go likewise to the config replica (config_replica.h),
+ * which feeds the config watch registry (config_watch.h).
  *
  * A check keeps one slot per worker it asked; each slot's IPC reply fills
  * in its part, and the last one delivers the aggregate. When nothing could
@@ -20,6 +22,8 @@
 
 #include <event2/event.h>
 
+#include "config_replica.h"
+#include "config_watch.h"
 #include "log.h"
 #include "naming_replica.h"
 
@@ -52,6 +56,8 @@ struct gw {
     int timeout_ms;         /* liveness checks */
     int request_timeout_ms; /* gw_request: ipc.request_timeout_ms */
     nr_t *replica;          /* fed by the naming client's pushes and state */
+    cfr_t *config_replica;   /* fed by the config client's pushes and state */
+    cwatch_t *config_watch; /* config long polls, woken by config_replica */
     gw_worker_t workers[GW_MAX_WORKERS];
     size_t n_workers;
     gw_check_t *checks;
@@ -215,6 +221,25 @@ struct event_base *gw_base(const gw_t *gw) { return gw->base; }
 
 struct nr *gw_replica(const gw_t *gw) { return gw->replica; }
 
+struct cfr *gw_config_replica(const gw_t *gw) { return gw->config_replica; }
+
+struct cwatch *gw_config_watch(const gw_t *gw) { return gw->config_watch; }
+
+/* The config client's callbacks: everything goes to the config replica. */
+static void on_config_push(ipc_client_t *cl, Lodestar__Envelope *push, void *arg)
+{
+    gw_t *gw = arg;
+    if (gw->config_replica)
+        cfr_on_push(gw->config_replica, push);
+}
+
+static void on_config_state(ipc_client_t *cl, bool connected, void *arg)
+{
+    gw_t *gw = arg;
+    if (gw->config_replica)
+        cfr_on_state(gw->config_replica, connected);
+}
+
 /* The naming client's callbacks: everything goes to the replica. */
 static void on_naming_push(ipc_client_t *cl, Lodestar__Envelope *push, void *arg)
 {
@@ -263,8 +288,10 @@ gw_t *gw_new(struct event_base *base, const cfg_t *cfg, const char *role, char *
             return NULL;
         }
         bool naming = strcmp(wanted[i].role, "naming") == 0;
+        bool config = strcmp(wanted[i].role, "config") == 0;
         ipc_client_t *cl = ipc_client_new(base, path, wanted[i].title, cfg->ipc.max_frame_bytes,
-                                          naming ? on_naming_push : NULL, naming ? on_naming_state : NULL, gw);
+                                          naming ? on_naming_push : config ? on_config_push : NULL,
+                                          naming ? on_naming_state : config ? on_config_state : NULL, gw);
         if (!cl) {
             snprintf(err, errlen, "%s worker: cannot create an IPC client for %s", wanted[i].role, path);
             free(path);
@@ -277,6 +304,15 @@ gw_t *gw_new(struct event_base *base, const cfg_t *cfg, const char *role, char *
             gw->replica = nr_new(base, cl, gw->request_timeout_ms);
             if (!gw->replica) {
                 snprintf(err, errlen, "naming worker: cannot set up the naming read replica");
+                gw_free(gw);
+                return NULL;
+            }
+        }
+        if (config) {
+            gw->config_replica = cfr_new(base, cl, gw->request_timeout_ms);
+            gw->config_watch = gw->config_replica ? cwatch_new(base, gw->config_replica) : NULL;
+            if (!gw->config_watch) {
+                snprintf(err, errlen, "config worker: cannot set up the config read replica and watch registry");
                 gw_free(gw);
                 return NULL;
             }
@@ -301,6 +337,11 @@ void gw_free(gw_t *gw)
     /* After the clients: a snapshot request failed above found it alive. */
     nr_free(gw->replica);
     gw->replica = NULL;
+    /* parked config watchers are answered (flushed) before the replica goes */
+    cwatch_free(gw->config_watch);
+    gw->config_watch = NULL;
+    cfr_free(gw->config_replica);
+    gw->config_replica = NULL;
     free(gw);
 }
 

@@ -88,6 +88,14 @@ struct nr;
  * worker is disabled). Owned by the gw_t. */
 struct nr *gw_replica(const gw_t *gw);
 
+struct cfr;
+struct cwatch;
+/* The config read replica and the config watch registry fed by the config
+ * worker (NULL when the config worker is disabled). Owned by the gw_t;
+ * gw_free flushes the watchers still parked. */
+struct cfr *gw_config_replica(const gw_t *gw);
+struct cwatch *gw_config_watch(const gw_t *gw);
+
 /* Send a request to an enabled worker ("naming", "health") with the
  * configured ipc.request_timeout_ms; cb runs exactly once (with the
  * ipc_client_request statuses), never inside this call. Returns 0,

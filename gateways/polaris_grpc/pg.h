@@ -91,6 +91,8 @@ void pg_worker_failure(const char *worker, int status, const Lodestar__Envelope 
 
 int pg_naming_register(pg_state_t *st, char *err, size_t errlen);
 int pg_heartbeat_register(pg_state_t *st, char *err, size_t errlen);
+/* config_api.c: v1.PolarisConfigGRPC. */
+int pg_config_register(pg_state_t *st, char *err, size_t errlen);
 /* Free the relay; beats still waiting are answered as failed. */
 void pg_heartbeat_free(pg_state_t *st);
 

@@ -62,7 +62,8 @@ static int pg_init(child_t *c)
         log_error("cannot register the health service: %s", err);
         return -1;
     }
-    if (pg_naming_register(st, err, sizeof err) < 0 || pg_heartbeat_register(st, err, sizeof err) < 0) {
+    if (pg_naming_register(st, err, sizeof err) < 0 || pg_heartbeat_register(st, err, sizeof err) < 0 ||
+        pg_config_register(st, err, sizeof err) < 0) {
         log_error("cannot register the Polaris services: %s", err);
         return -1;
     }

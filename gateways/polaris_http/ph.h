@@ -103,6 +103,10 @@ struct ph_route {
 /* Route tables of the API files, each ending with a {NULL} row. */
 extern const ph_route_t ph_client_routes[];
 extern const ph_route_t ph_openapi_routes[];
+/* config_api.c (/v1/GetConfigFile, /v1/WatchConfigFile) and
+ * openapi_config.c (/config/v1/...). */
+extern const ph_route_t ph_config_client_routes[];
+extern const ph_route_t ph_config_openapi_routes[];
 
 /* ------------------------------------------------------------ ph_body.c */
 

@@ -38,6 +38,7 @@
 #include <jansson.h>
 
 #include "child.h"
+#include "common/config_watch.h"
 #include "common/gateway.h"
 #include "common/roles.h"
 #include "log.h"
@@ -57,7 +58,8 @@ static const ph_route_t ph_own_routes[] = {
     {NULL, 0, 0, NULL},
 };
 
-static const ph_route_t *const ph_tables[] = {ph_own_routes, ph_client_routes, ph_openapi_routes};
+static const ph_route_t *const ph_tables[] = {ph_own_routes, ph_client_routes, ph_openapi_routes,
+                                              ph_config_client_routes, ph_config_openapi_routes};
 
 static const char *ph_method_name(enum evhttp_cmd_type m)
 {
@@ -340,6 +342,9 @@ static void ph_drain(child_t *c)
 {
     ph_state_t *st = c->state;
     st->draining = true;
+    /* parked config long polls are answered now (200001), so clients re-poll */
+    if (st->gw)
+        cwatch_flush(gw_config_watch(st->gw));
     /* Frees each listener (not its fd): new connections wait in the
      * supervisor's backlog for the next gateway process. */
     for (size_t i = 0; i < st->n_bound; i++)
