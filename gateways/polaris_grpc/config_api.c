@@ -469,7 +469,7 @@ int pg_config_register(pg_state_t *st, char *err, size_t errlen)
             return -1;
     if (gw_config_watch(st->gw)) {
         pc_st = st;
-        pc_drain_hook = (pg_stream_t){.call = NULL, .drain = pc_drain};
+        pc_drain_hook = (pg_stream_t){.st = st, .call = NULL, .drain = pc_drain};
         pg_stream_link(st, &pc_drain_hook);
     }
     return 0;

@@ -262,7 +262,6 @@ typedef struct bh_item {
 
 struct bh_stream {
     pg_stream_t ps; /* first; ps.call NULL once the call is over */
-    pg_state_t *st;
     bh_item_t *head, *tail;
     size_t n_items;
     bool paused;
@@ -315,7 +314,7 @@ static void on_bh_acked(uint32_t code, void *arg)
 static void bh_message(gs_call_t *call, const uint8_t *msg, size_t len, void *arg)
 {
     bh_stream_t *s = gs_call_user(call);
-    if (!s || !s->st->gw)
+    if (!s || !s->ps.st->gw)
         return;
     V1__HeartbeatsRequest *req = v1__heartbeats_request__unpack(NULL, len, msg);
     if (!req) {
@@ -338,7 +337,7 @@ static void bh_message(gs_call_t *call, const uint8_t *msg, size_t len, void *ar
     s->tail = it;
     s->n_items++;
 
-    nr_t *r = gw_replica(s->st->gw);
+    nr_t *r = gw_replica(s->ps.st->gw);
     bool filter = r && nr_ready(r);
     size_t relayed = 0, dropped = 0;
     /* count first, then relay: an ack can never arrive before the count is
@@ -366,7 +365,7 @@ static void bh_message(gs_call_t *call, const uint8_t *msg, size_t len, void *ar
             }
         }
         it->waiting++;
-        if (relay_beat(s->st->relay, id, on_bh_acked, it) < 0) {
+        if (relay_beat(s->ps.st->relay, id, on_bh_acked, it) < 0) {
             it->waiting--;
             dropped++;
             continue;
@@ -409,29 +408,14 @@ static void bh_half_close(gs_call_t *call, void *arg)
 
 static void bh_open(gs_call_t *call, void *arg)
 {
-    pg_state_t *st = arg;
-    bh_stream_t *s = calloc(1, sizeof *s);
-    if (!s) {
-        gs_stream_finish(call, GS_RESOURCE_EXHAUSTED, "server out of memory");
-        return;
-    }
-    s->st = st;
-    s->ps.call = call;
-    s->ps.drain = bh_drain;
-    pg_stream_link(st, &s->ps);
-    gs_call_set_user(call, s);
-    if (st->draining)
-        bh_drain(&s->ps);
+    pg_stream_open(arg, call, sizeof(bh_stream_t), bh_drain);
 }
 
 static void bh_done(gs_call_t *call, bool cancelled, void *arg)
 {
-    bh_stream_t *s = gs_call_user(call);
+    bh_stream_t *s = pg_stream_close(call);
     if (!s)
         return;
-    pg_stream_unlink(s->st, &s->ps);
-    s->ps.call = NULL;
-    gs_call_set_user(call, NULL);
     bh_free_if_over(s); /* else the last ack frees it */
 }
 

@@ -169,7 +169,6 @@ static void on_deregister(gs_call_t *call, const uint8_t *req, size_t len, void 
 
 typedef struct dsc_stream {
     pg_stream_t ps; /* first: the shared stream list links this */
-    pg_state_t *st;
 } dsc_stream_t;
 
 /* Discover answers are packed protobuf (polaris_discover.h does the rest). */
@@ -226,28 +225,12 @@ static void dsc_drain(pg_stream_t *ps)
 
 static void dsc_open(gs_call_t *call, void *arg)
 {
-    pg_state_t *st = arg;
-    dsc_stream_t *ds = calloc(1, sizeof *ds);
-    if (!ds) {
-        gs_stream_finish(call, GS_RESOURCE_EXHAUSTED, "server out of memory");
-        return;
-    }
-    ds->st = st;
-    ds->ps.call = call;
-    ds->ps.drain = dsc_drain;
-    pg_stream_link(st, &ds->ps);
-    gs_call_set_user(call, ds);
-    if (st->draining)
-        dsc_drain(&ds->ps);
+    pg_stream_open(arg, call, sizeof(dsc_stream_t), dsc_drain);
 }
 
 static void dsc_done(gs_call_t *call, bool cancelled, void *arg)
 {
-    dsc_stream_t *ds = gs_call_user(call);
-    if (!ds)
-        return;
-    pg_stream_unlink(ds->st, &ds->ps);
-    free(ds);
+    free(pg_stream_close(call));
 }
 
 int pg_naming_register(pg_state_t *st, char *err, size_t errlen)

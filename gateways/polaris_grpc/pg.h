@@ -66,13 +66,23 @@ typedef struct pg_state {
 
 /* A stream this gateway keeps open; ended early when the gateway drains. */
 typedef struct pg_stream {
+    pg_state_t *st;
     gs_call_t *call; /* NULL once the call is over */
     void (*drain)(struct pg_stream *ps);
     struct pg_stream *prev, *next;
 } pg_stream_t;
 
+/* Add ps to the list drained when the gateway drains (streams, and hooks
+ * such as the config watchers' with call NULL). */
 void pg_stream_link(pg_state_t *st, pg_stream_t *ps);
-void pg_stream_unlink(pg_state_t *st, pg_stream_t *ps);
+/* Open a stream's state: `size` zeroed bytes whose first member is a
+ * pg_stream_t, linked into st->streams and set as the call's user data;
+ * drained at once if the gateway is draining. NULL (and the call ended with
+ * RESOURCE_EXHAUSTED) when out of memory. */
+void *pg_stream_open(pg_state_t *st, gs_call_t *call, size_t size, void (*drain)(pg_stream_t *ps));
+/* The call is over: unlink the stream and detach it from the call.
+ * Returns the stream (for its owner to free when it may), or NULL. */
+void *pg_stream_close(gs_call_t *call);
 
 /* ---- pg_reply.c ---- */
 

@@ -81,7 +81,7 @@ void pg_stream_link(pg_state_t *st, pg_stream_t *ps)
     st->streams = ps;
 }
 
-void pg_stream_unlink(pg_state_t *st, pg_stream_t *ps)
+static void pg_stream_unlink(pg_state_t *st, pg_stream_t *ps)
 {
     if (ps->prev)
         ps->prev->next = ps->next;
@@ -90,4 +90,32 @@ void pg_stream_unlink(pg_state_t *st, pg_stream_t *ps)
     if (ps->next)
         ps->next->prev = ps->prev;
     ps->prev = ps->next = NULL;
+}
+
+void *pg_stream_open(pg_state_t *st, gs_call_t *call, size_t size, void (*drain)(pg_stream_t *ps))
+{
+    pg_stream_t *ps = calloc(1, size);
+    if (!ps) {
+        gs_stream_finish(call, GS_RESOURCE_EXHAUSTED, "server out of memory");
+        return NULL;
+    }
+    ps->st = st;
+    ps->call = call;
+    ps->drain = drain;
+    pg_stream_link(st, ps);
+    gs_call_set_user(call, ps);
+    if (st->draining)
+        drain(ps);
+    return ps;
+}
+
+void *pg_stream_close(gs_call_t *call)
+{
+    pg_stream_t *ps = gs_call_user(call);
+    if (!ps)
+        return NULL;
+    pg_stream_unlink(ps->st, ps);
+    ps->call = NULL;
+    gs_call_set_user(call, NULL);
+    return ps;
 }
