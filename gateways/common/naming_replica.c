@@ -153,59 +153,66 @@ static void revisions_invalidate(nr_t *r, nr_nsb_t *b)
 
 /* --------------------------------------------------------- instances */
 
+static const char *inst_id(const Lodestar__NamingInstance *ni)
+{
+    return ni && ni->instance ? sv(ni->instance->id) : "";
+}
+
+/* Drop one instance of e from the id index (only if the index points at
+ * exactly this copy: an id that moved to another service stays there). */
+static void instance_unindex(nr_t *r, nr_svc_t *e, const Lodestar__NamingInstance *ni)
+{
+    const char *id = inst_id(ni);
+    if (!*id)
+        return;
+    nr_inst_t *x = NULL;
+    HASH_FIND_STR(r->instances, id, x);
+    if (x && x->svc == e && x->inst == ni) {
+        HASH_DEL(r->instances, x);
+        free(x);
+    }
+}
+
+/* Point the id index at this copy of an instance of e. */
+static void instance_index(nr_t *r, nr_svc_t *e, const Lodestar__NamingInstance *ni)
+{
+    const char *id = inst_id(ni);
+    if (!*id) {
+        log_warn("naming replica: service %s/%s: instance without id ignored", e->pub.ns, e->pub.name);
+        return;
+    }
+    nr_inst_t *x = NULL;
+    HASH_FIND_STR(r->instances, id, x);
+    if (x) {
+        /* the same id under another service: the newest state wins */
+        if (x->svc != e)
+            log_warn("naming replica: instance id %s moves from service %s/%s to %s/%s", id, x->svc->pub.ns,
+                     x->svc->pub.name, e->pub.ns, e->pub.name);
+        HASH_DEL(r->instances, x);
+    } else if (!(x = calloc(1, sizeof *x))) {
+        log_error("naming replica: out of memory indexing instance %s", id);
+        return;
+    }
+    x->id = id;
+    x->inst = ni;
+    x->svc = e;
+    HASH_ADD_KEYPTR(hh, r->instances, x->id, strlen(x->id), x);
+}
+
 static void instances_unindex(nr_t *r, nr_svc_t *e)
 {
     const Lodestar__NamingServiceState *st = e->pub.state;
     if (!st)
         return;
-    for (size_t i = 0; i < st->n_instances; i++) {
-        const Lodestar__NamingInstance *ni = st->instances[i];
-        const char *id = ni && ni->instance ? sv(ni->instance->id) : "";
-        if (!*id)
-            continue;
-        nr_inst_t *x = NULL;
-        HASH_FIND_STR(r->instances, id, x);
-        if (x && x->svc == e && x->inst == ni) {
-            HASH_DEL(r->instances, x);
-            free(x);
-        }
-    }
+    for (size_t i = 0; i < st->n_instances; i++)
+        instance_unindex(r, e, st->instances[i]);
 }
 
 static void instances_index(nr_t *r, nr_svc_t *e)
 {
     const Lodestar__NamingServiceState *st = e->pub.state;
-    for (size_t i = 0; i < st->n_instances; i++) {
-        const Lodestar__NamingInstance *ni = st->instances[i];
-        const char *id = ni && ni->instance ? sv(ni->instance->id) : "";
-        if (!*id) {
-            log_warn("naming replica: service %s/%s: instance without id ignored", e->pub.ns, e->pub.name);
-            continue;
-        }
-        nr_inst_t *x = NULL;
-        HASH_FIND_STR(r->instances, id, x);
-        if (x) {
-            /* the same id under another service: the newest state wins */
-            if (x->svc != e)
-                log_warn("naming replica: instance id %s moves from service %s/%s to %s/%s", id, x->svc->pub.ns,
-                         x->svc->pub.name, e->pub.ns, e->pub.name);
-            x->id = id;
-            x->inst = ni;
-            x->svc = e;
-            HASH_DEL(r->instances, x);
-            HASH_ADD_KEYPTR(hh, r->instances, x->id, strlen(x->id), x);
-            continue;
-        }
-        x = calloc(1, sizeof *x);
-        if (!x) {
-            log_error("naming replica: out of memory indexing instance %s", id);
-            continue;
-        }
-        x->id = id;
-        x->inst = ni;
-        x->svc = e;
-        HASH_ADD_KEYPTR(hh, r->instances, x->id, strlen(x->id), x);
-    }
+    for (size_t i = 0; i < st->n_instances; i++)
+        instance_index(r, e, st->instances[i]);
 }
 
 /* ---------------------------------------------------------- services */
@@ -279,6 +286,13 @@ static void notify(nr_t *r, const nr_service_t *svc)
         r->listeners[i].fn(r, svc, r->listeners[i].arg);
 }
 
+static int cmp_instance_id(const void *a, const void *b)
+{
+    const Lodestar__NamingInstance *x = *(Lodestar__NamingInstance *const *)a;
+    const Lodestar__NamingInstance *y = *(Lodestar__NamingInstance *const *)b;
+    return strcmp(x->instance ? sv(x->instance->id) : "", y->instance ? sv(y->instance->id) : "");
+}
+
 /* Take ownership of st and apply it under the highest-seq rule. Returns the
  * entry when the state was applied, NULL when it was stale or unusable (st
  * is freed then). */
@@ -322,6 +336,8 @@ static nr_svc_t *apply_state(nr_t *r, Lodestar__NamingServiceState *st)
     if (st->deleted) {
         svc_unlink_live(r, e);
     } else {
+        if (st->n_instances > 1)
+            qsort(st->instances, st->n_instances, sizeof *st->instances, cmp_instance_id);
         if (!e->live) {
             e->nsb = nsb_get(r, e->pub.ns, true);
             if (e->nsb) {
@@ -370,16 +386,33 @@ static void namespaces_set(nr_t *r, V1__Namespace *const *list, size_t n)
 
 static void request_snapshot(nr_t *r);
 
-static int cmp_instance_id(const void *a, const void *b)
+/* Position of id in the id-sorted instance array: its index when found
+ * (*found true), else where it would be inserted. */
+static size_t inst_search(Lodestar__NamingInstance *const *v, size_t n, const char *id, bool *found)
 {
-    const Lodestar__NamingInstance *x = *(Lodestar__NamingInstance *const *)a;
-    const Lodestar__NamingInstance *y = *(Lodestar__NamingInstance *const *)b;
-    return strcmp(x->instance ? sv(x->instance->id) : "", y->instance ? sv(y->instance->id) : "");
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(inst_id(v[mid]), id);
+        if (c == 0) {
+            *found = true;
+            return mid;
+        }
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    *found = false;
+    return lo;
 }
 
 /* Merge a delta (see proto/naming.proto) into the state the replica holds.
- * Returns the entry, or NULL when the delta does not follow what is held
- * (stale: dropped; a gap: dropped and a snapshot requested). */
+ * The held instances stay sorted by id, so each removed or changed instance
+ * is found by binary search and only those are re-indexed: the work per
+ * change does not grow with the size of the service (beyond moving
+ * pointers). Returns the entry, or NULL when the delta does not follow what
+ * is held (stale: dropped; a gap: dropped and a snapshot requested). */
 static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d)
 {
     const char *ns = d->service ? sv(d->service->namespace_) : "";
@@ -396,52 +429,59 @@ static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d)
         return NULL;
     }
     Lodestar__NamingServiceState *st = e->pub.state;
-    instances_unindex(r, e);
-    cache_clear(e);
-    /* drop the removed and the replaced instances, then add the new versions */
-    size_t keep = 0;
-    for (size_t i = 0; i < st->n_instances; i++) {
-        Lodestar__NamingInstance *in = st->instances[i];
-        const char *id = in && in->instance ? sv(in->instance->id) : "";
-        bool gone = false;
-        for (size_t k = 0; k < d->n_removed_ids && !gone; k++)
-            gone = strcmp(id, d->removed_ids[k]) == 0;
-        for (size_t k = 0; k < d->n_instances && !gone; k++)
-            gone = d->instances[k]->instance && strcmp(id, sv(d->instances[k]->instance->id)) == 0;
-        if (gone)
-            lodestar__naming_instance__free_unpacked(in, NULL);
-        else
-            st->instances[keep++] = in;
-    }
-    size_t total = keep + d->n_instances;
-    Lodestar__NamingInstance **v = realloc(st->instances, (total ? total : 1) * sizeof *v);
-    if (!v) {
-        st->n_instances = keep;
+    V1__Service *svc = (V1__Service *)msg_copy(&d->service->base);
+    Lodestar__NamingInstance **v =
+        d->n_instances ? realloc(st->instances, (st->n_instances + d->n_instances) * sizeof *v) : st->instances;
+    if (!svc || (d->n_instances && !v)) {
+        if (svc)
+            v1__service__free_unpacked(svc, NULL);
         log_error("naming replica: out of memory applying a change to %s/%s; asking for a snapshot", ns, name);
-        instances_index(r, e);
         if (r->connected && !r->snapreq)
             request_snapshot(r);
         return NULL;
     }
     st->instances = v;
+    cache_clear(e);
+    size_t n = st->n_instances;
+    for (size_t k = 0; k < d->n_removed_ids; k++) {
+        bool found;
+        size_t at = inst_search(v, n, d->removed_ids[k], &found);
+        if (!found)
+            continue;
+        instance_unindex(r, e, v[at]);
+        lodestar__naming_instance__free_unpacked(v[at], NULL);
+        memmove(&v[at], &v[at + 1], (n - at - 1) * sizeof *v);
+        n--;
+    }
     for (size_t k = 0; k < d->n_instances; k++) {
         Lodestar__NamingInstance *c = (Lodestar__NamingInstance *)msg_copy(&d->instances[k]->base);
-        if (c)
-            st->instances[keep++] = c;
+        if (!c || !*inst_id(c)) {
+            log_warn("naming replica: change to %s/%s at seq %llu: instance %s", ns, name,
+                     (unsigned long long)d->seq, c ? "without id ignored" : "could not be copied (out of memory)");
+            if (c)
+                lodestar__naming_instance__free_unpacked(c, NULL);
+            continue;
+        }
+        bool found;
+        size_t at = inst_search(v, n, inst_id(c), &found);
+        if (found) {
+            instance_unindex(r, e, v[at]);
+            lodestar__naming_instance__free_unpacked(v[at], NULL);
+        } else {
+            memmove(&v[at + 1], &v[at], (n - at) * sizeof *v);
+            n++;
+        }
+        v[at] = c;
+        instance_index(r, e, c);
     }
-    st->n_instances = keep;
-    qsort(st->instances, st->n_instances, sizeof *st->instances, cmp_instance_id);
-    V1__Service *svc = (V1__Service *)msg_copy(&d->service->base);
-    if (svc) {
-        v1__service__free_unpacked(st->service, NULL);
-        st->service = svc;
-    }
+    st->n_instances = n;
+    v1__service__free_unpacked(st->service, NULL);
+    st->service = svc;
     st->seq = d->seq;
     e->pub.seq = d->seq;
     e->pub.revision = sv(st->service->revision);
     if (d->seq > r->last_seq)
         r->last_seq = d->seq;
-    instances_index(r, e);
     revisions_invalidate(r, e->nsb ? e->nsb : nsb_get(r, e->pub.ns, false));
     return e;
 }

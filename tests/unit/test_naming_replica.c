@@ -503,3 +503,61 @@ Test(naming_replica, deltas_merge_on_their_base_and_gaps_ask_for_a_snapshot)
     cr_assert_null(nr_instance(replica, "e", NULL));
     run_until_requests(before + 1); /* the replica asked the worker for a snapshot */
 }
+
+/* A full state may list its instances in any order; deltas on top of it find
+ * what they change by id, and many small deltas build the same set as the
+ * worker holds, in id order, with the index pointing at the current copies. */
+Test(naming_replica, deltas_on_unsorted_states_and_long_runs_stay_exact)
+{
+    start_empty();
+    push_state("default", "big", "r1", 1, false, "z:1.1.1.9:80:1,m:1.1.1.5:80:1,a:1.1.1.1:80:1");
+    push_delta("default", "big", "r2", 1, 2, "n:1.1.1.6:80:1,m:1.1.1.5:90:0,0:1.1.1.0:80:1,b:1.1.1.2:80:1", "\"z\"");
+    const nr_service_t *s = nr_service(replica, "default", "big");
+    const char *want[] = {"0", "a", "b", "m", "n"};
+    cr_assert_eq(s->state->n_instances, 5, "0, a, b, m, n expected, got %zu", s->state->n_instances);
+    for (size_t i = 0; i < 5; i++)
+        cr_assert_str_eq(s->state->instances[i]->instance->id->value, want[i], "position %zu", i);
+    const Lodestar__NamingInstance *m = nr_instance(replica, "m", NULL);
+    cr_assert(m && m->instance->port->value == 90, "the index points at m's new copy");
+    cr_assert_null(nr_instance(replica, "z", NULL), "z left the index");
+
+    /* 300 deltas: each adds one instance (ids in a scrambled order) and every
+     * third also removes the one added two steps before */
+    bool present[300] = {false};
+    unsigned seq = 2;
+    for (unsigned k = 0; k < 300; k++) {
+        unsigned id = (k * 7919u) % 300u;
+        char add[64], rem[32] = "";
+        snprintf(add, sizeof add, "i%03u:10.0.%u.%u:%u:1", id, id / 256, id % 256, 1000 + id);
+        present[id] = true;
+        if (k % 3 == 2) {
+            unsigned gone = ((k - 2) * 7919u) % 300u;
+            snprintf(rem, sizeof rem, "\"i%03u\"", gone);
+            present[gone] = false;
+        }
+        push_delta("default", "big", "rk", seq, seq + 1, add, rem);
+        seq++;
+    }
+    s = nr_service(replica, "default", "big");
+    cr_assert_eq(s->seq, seq);
+    size_t expect = 5, at = 0;
+    for (unsigned id = 0; id < 300; id++)
+        expect += present[id];
+    cr_assert_eq(s->state->n_instances, expect, "%zu instances expected, got %zu", expect, s->state->n_instances);
+    for (size_t i = 1; i < s->state->n_instances; i++)
+        cr_assert(strcmp(s->state->instances[i - 1]->instance->id->value, s->state->instances[i]->instance->id->value) < 0,
+                  "instances stay in strict id order at %zu", i);
+    for (unsigned id = 0; id < 300; id++) {
+        char key[16];
+        snprintf(key, sizeof key, "i%03u", id);
+        const nr_service_t *owner = NULL;
+        const Lodestar__NamingInstance *ni = nr_instance(replica, key, &owner);
+        if (present[id]) {
+            cr_assert(ni && owner == s && ni->instance->port->value == 1000 + id, "%s indexed with its port", key);
+            at++;
+        } else {
+            cr_assert_null(ni, "%s was removed", key);
+        }
+    }
+    cr_assert_eq(at + 5, expect);
+}
