@@ -64,7 +64,7 @@
 #define GS_PEER_LEN 72                   /* "ipv6:[<46>]:65535" */
 #define GS_STREAM_MAX_QUEUED 64          /* a stream stops reading beyond this many unsent answers */
 
-enum tag_kind { TAG_REQUEST, TAG_RECV, TAG_SEND, TAG_CLOSE, TAG_SHUTDOWN };
+enum tag_kind { TAG_REQUEST, TAG_ADOPT, TAG_RECV, TAG_SEND, TAG_SENDRECV, TAG_CLOSE, TAG_SHUTDOWN };
 
 typedef struct gs_tag {
     enum tag_kind kind;
@@ -95,7 +95,9 @@ struct gs_call {
     char *method;
     const gs_method_t *m;
 
-    gs_tag_t t_req, t_recv, t_send, t_close;
+    gs_tag_t t_req, t_adopt, t_recv, t_send, t_sendrecv, t_close;
+    bool on_cq;           /* handled on the completion-queue thread (see gs_stream_handlers_t) */
+    bool defer_pump;      /* on_cq stream inside on_message: the answer goes out with the next read */
     int ops;              /* batches outstanding */
     bool closed;          /* RECV_CLOSE_ON_SERVER completed, or could not start */
     int cancelled;        /* written by gRPC core with RECV_CLOSE_ON_SERVER */
@@ -148,6 +150,13 @@ struct gs_server {
     pthread_t thread;
 
     pthread_mutex_t mu; /* guards q_head / q_tail */
+    /* Held by the completion-queue thread while it runs a call handled
+     * there, and by event-loop code that changes what those handlers read
+     * (gs_server_lock_handlers). */
+    pthread_mutex_t handler_mu;
+    /* Guards calls / n_calls, every call's gc while it is released, and
+     * peers: the two threads both add, remove and look up there. */
+    pthread_mutex_t calls_mu;
     gs_tag_t *q_head, *q_tail;
     int efd;
     struct event *ev_wake;
@@ -207,6 +216,8 @@ const char *gs_status_name(int status)
 
 /* ------------------------------------------------------ completion handoff */
 
+static void dispatch(gs_server_t *s, gs_tag_t *t);
+
 /* The completion-queue thread: waits on gRPC core, queues, wakes libevent. */
 static void *cq_thread(void *p)
 {
@@ -220,6 +231,13 @@ static void *cq_thread(void *p)
         gs_tag_t *t = ev.tag;
         t->success = ev.success;
         t->next = NULL;
+        if (t->kind != TAG_SHUTDOWN && t->kind != TAG_REQUEST && ((gs_call_t *)t->owner)->on_cq) {
+            /* A call handled here: no handoff (see gs_stream_handlers_t). */
+            pthread_mutex_lock(&s->handler_mu);
+            dispatch(s, t);
+            pthread_mutex_unlock(&s->handler_mu);
+            continue;
+        }
         pthread_mutex_lock(&s->mu);
         bool wake = s->q_head == NULL;
         if (s->q_tail)
@@ -238,8 +256,10 @@ static void *cq_thread(void *p)
 }
 
 static void on_request_done(gs_call_t *c, bool success);
+static void on_adopt(gs_call_t *c, bool success);
 static void on_recv_done(gs_call_t *c, bool success);
 static void on_send_done(gs_call_t *c, bool success);
+static void on_sendrecv_done(gs_call_t *c, bool success);
 static void on_close_done(gs_call_t *c, bool success);
 static void on_shutdown_done(gs_server_t *s);
 
@@ -249,11 +269,17 @@ static void dispatch(gs_server_t *s, gs_tag_t *t)
     case TAG_REQUEST:
         on_request_done(t->owner, t->success);
         break;
+    case TAG_ADOPT:
+        on_adopt(t->owner, t->success);
+        break;
     case TAG_RECV:
         on_recv_done(t->owner, t->success);
         break;
     case TAG_SEND:
         on_send_done(t->owner, t->success);
+        break;
+    case TAG_SENDRECV:
+        on_sendrecv_done(t->owner, t->success);
         break;
     case TAG_CLOSE:
         on_close_done(t->owner, t->success);
@@ -292,24 +318,39 @@ static void on_wake(evutil_socket_t fd, short what, void *arg)
 
 static void call_list_add(gs_server_t *s, gs_call_t *c)
 {
+    pthread_mutex_lock(&s->calls_mu);
     c->prev = NULL;
     c->next = s->calls;
     if (s->calls)
         s->calls->prev = c;
     s->calls = c;
     s->n_calls++;
+    pthread_mutex_unlock(&s->calls_mu);
 }
 
+/* Unlink c if it is on the list (a request that never arrived is not). */
 static void call_list_remove(gs_server_t *s, gs_call_t *c)
 {
-    if (c->prev)
-        c->prev->next = c->next;
-    else if (s->calls == c)
-        s->calls = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
-    c->prev = c->next = NULL;
-    s->n_calls--;
+    pthread_mutex_lock(&s->calls_mu);
+    if (c->prev || c->next || s->calls == c) {
+        if (c->prev)
+            c->prev->next = c->next;
+        else
+            s->calls = c->next;
+        if (c->next)
+            c->next->prev = c->prev;
+        c->prev = c->next = NULL;
+        s->n_calls--;
+    }
+    pthread_mutex_unlock(&s->calls_mu);
+}
+
+static size_t calls_count(gs_server_t *s)
+{
+    pthread_mutex_lock(&s->calls_mu);
+    size_t n = s->n_calls;
+    pthread_mutex_unlock(&s->calls_mu);
+    return n;
 }
 
 static void call_drop_outq(gs_call_t *c)
@@ -329,8 +370,13 @@ static void call_drop_outq(gs_call_t *c)
 static void call_maybe_release(gs_call_t *c)
 {
     if (c->gc && c->ops == 0 && c->closed) {
+        /* under calls_mu: the drain may be cancelling it from the other thread */
+        if (c->srv)
+            pthread_mutex_lock(&c->srv->calls_mu);
         grpc_call_unref(c->gc);
         c->gc = NULL;
+        if (c->srv)
+            pthread_mutex_unlock(&c->srv->calls_mu);
     }
     if (c->gc)
         return;
@@ -353,7 +399,7 @@ static void call_maybe_release(gs_call_t *c)
         if (c->h.on_done)
             c->h.on_done(c, c->cancelled || !c->finish_sent, c->harg);
     }
-    if (c->srv && (c->prev || c->next || c->srv->calls == c))
+    if (c->srv)
         call_list_remove(c->srv, c);
     free(c->method);
     free(c);
@@ -388,7 +434,7 @@ static void call_finish(gs_call_t *c, grpc_status_code status, const char *detai
  * are all ready (a unary reply is a single batch). */
 static int call_pump(gs_call_t *c)
 {
-    if (!c->gc || c->closed || c->send_inflight || c->finish_sent)
+    if (!c->gc || c->closed || c->send_inflight || c->finish_sent || c->defer_pump)
         return 0;
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
@@ -496,6 +542,8 @@ static int request_one(gs_server_t *s)
     }
     c->srv = s;
     c->t_req = (gs_tag_t){.kind = TAG_REQUEST, .owner = c};
+    c->t_adopt = (gs_tag_t){.kind = TAG_ADOPT, .owner = c};
+    c->t_sendrecv = (gs_tag_t){.kind = TAG_SENDRECV, .owner = c};
     c->t_recv = (gs_tag_t){.kind = TAG_RECV, .owner = c};
     c->t_send = (gs_tag_t){.kind = TAG_SEND, .owner = c};
     c->t_close = (gs_tag_t){.kind = TAG_CLOSE, .owner = c};
@@ -522,6 +570,30 @@ static const gs_method_t *find_method(const gs_server_t *s, const char *path)
     return NULL;
 }
 
+/* Start tracking the call's end (RECV_CLOSE_ON_SERVER). false when gRPC
+ * core refused: the call is then cancelled and released. */
+static bool call_track_close(gs_call_t *c)
+{
+    grpc_op op;
+    memset(&op, 0, sizeof op);
+    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+    op.data.recv_close_on_server.cancelled = &c->cancelled;
+    if (call_start(c, &op, 1, &c->t_close) == 0)
+        return true;
+    c->closed = true;
+    grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to track the call", NULL);
+    call_maybe_release(c);
+    return false;
+}
+
+/* A streaming call begins: the handler sees it, then its first read. */
+static void stream_begin(gs_call_t *c)
+{
+    if (c->h.on_open)
+        c->h.on_open(c, c->harg);
+    stream_read_more(c);
+}
+
 /* A new call arrived (or, without success, the server is shutting down). */
 static void on_request_done(gs_call_t *c, bool success)
 {
@@ -544,36 +616,93 @@ static void on_request_done(gs_call_t *c, bool success)
         call_maybe_release(c);
         return;
     }
-
-    grpc_op op;
-    memset(&op, 0, sizeof op);
-    op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-    op.data.recv_close_on_server.cancelled = &c->cancelled;
-    if (call_start(c, &op, 1, &c->t_close) != 0) {
+    c->m = find_method(s, c->method);
+    if (c->m && !c->m->unary) {
+        c->stream = true;
+        c->h = c->m->h;
+        c->harg = c->m->arg;
+    }
+    if (c->stream && c->h.on_cq_thread) {
+        /* Hand the call to the completion-queue thread: an empty batch
+         * completes at once, there. From here on this thread does not
+         * touch the call. */
+        c->on_cq = true;
+        if (call_start(c, NULL, 0, &c->t_adopt) == 0)
+            return;
+        c->on_cq = false;
         c->closed = true;
-        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to track the call", NULL);
+        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to start the call", NULL);
         call_maybe_release(c);
         return;
     }
-
-    c->m = find_method(s, c->method);
+    if (!call_track_close(c))
+        return;
     if (!c->m) {
         log_debug("%s: %s: unknown method, answering UNIMPLEMENTED", s->name, c->method);
         char msg[512];
         snprintf(msg, sizeof msg, "unknown method %s", c->method);
         call_finish(c, GRPC_STATUS_UNIMPLEMENTED, msg);
         call_pump(c);
-    } else if (!c->m->unary) {
-        c->stream = true;
-        c->h = c->m->h;
-        c->harg = c->m->arg;
-        if (c->h.on_open)
-            c->h.on_open(c, c->harg);
-        stream_read_more(c);
+    } else if (c->stream) {
+        stream_begin(c);
     } else {
         call_recv_next(c);
     }
     call_maybe_release(c);
+}
+
+/* On the completion-queue thread: a call handed over by on_request_done. */
+static void on_adopt(gs_call_t *c, bool success)
+{
+    c->ops--;
+    if (!success) {
+        c->closed = true;
+        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to start the call", NULL);
+        call_maybe_release(c);
+        return;
+    }
+    if (!call_track_close(c))
+        return;
+    stream_begin(c);
+    call_maybe_release(c);
+}
+
+/* After a message was handled: send what it queued and read the next one.
+ * A stream on the completion-queue thread whose handler answered with one
+ * message does both in one batch, as a request/answer stream needs: one
+ * completion per round trip instead of two (the batch completes when the
+ * next request arrived; the answer itself goes out at once). */
+static void stream_continue(gs_call_t *c)
+{
+    if (c->on_cq && c->outq && c->outq_len == 1 && !c->finish_queued && !c->send_inflight && stream_may_read(c)) {
+        gs_outmsg_t *m = c->outq;
+        grpc_op ops[3];
+        memset(ops, 0, sizeof ops);
+        size_t n = 0;
+        if (!c->md_sent) {
+            ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
+            n++;
+        }
+        ops[n].op = GRPC_OP_SEND_MESSAGE;
+        ops[n].data.send_message.send_message = m->bb;
+        n++;
+        ops[n].op = GRPC_OP_RECV_MESSAGE;
+        ops[n].data.recv_message.recv_message = &c->recv_bb;
+        n++;
+        if (call_start(c, ops, n, &c->t_sendrecv) == 0) {
+            c->outq = c->outq_tail = NULL;
+            c->outq_len = 0;
+            c->send_bb = m->bb;
+            free(m);
+            c->md_sent = true;
+            c->send_inflight = true;
+            c->recv_inflight = true;
+            return;
+        }
+        /* refused: fall back to the separate batches (which log and end the call) */
+    }
+    call_pump(c);
+    stream_read_more(c);
 }
 
 /* A streaming call received a message, or (bb NULL) the client's
@@ -604,10 +733,12 @@ static void stream_on_recv(gs_call_t *c, grpc_byte_buffer *bb)
     grpc_byte_buffer_destroy(bb);
     size_t len = GRPC_SLICE_LENGTH(all);
     const uint8_t *data = len ? GRPC_SLICE_START_PTR(all) : (const uint8_t *)"";
+    c->defer_pump = c->on_cq;
     if (c->h.on_message && !c->finish_queued)
         c->h.on_message(c, data, len, c->harg);
+    c->defer_pump = false;
     grpc_slice_unref(all);
-    stream_read_more(c);
+    stream_continue(c);
 }
 
 static void on_recv_done(gs_call_t *c, bool success)
@@ -669,6 +800,29 @@ static void on_send_done(gs_call_t *c, bool success)
     } else {
         call_drop_outq(c);
     }
+    call_maybe_release(c);
+}
+
+/* The answer went out and the next request (or the half-close) arrived. */
+static void on_sendrecv_done(gs_call_t *c, bool success)
+{
+    c->ops--;
+    c->send_inflight = false;
+    c->recv_inflight = false;
+    if (c->send_bb) {
+        grpc_byte_buffer_destroy(c->send_bb);
+        c->send_bb = NULL;
+    }
+    grpc_byte_buffer *bb = c->recv_bb;
+    c->recv_bb = NULL;
+    if (!success || c->closed || !c->gc) {
+        if (bb)
+            grpc_byte_buffer_destroy(bb);
+        call_drop_outq(c);
+        call_maybe_release(c);
+        return;
+    }
+    stream_on_recv(c, bb);
     call_maybe_release(c);
 }
 
@@ -790,12 +944,19 @@ void gs_call_peer(const gs_call_t *c, char *buf, size_t buflen)
         return;
     }
     char *p = grpc_call_get_peer(c->gc);
-    const gs_server_t *s = c->srv;
+    gs_server_t *s = c->srv;
     char *end = NULL;
     long fd = p && strncmp(p, "fd:", 3) == 0 ? strtol(p + 3, &end, 10) : -1;
-    if (s && fd >= 0 && end && !*end && (size_t)fd < s->n_peers && s->peers[fd][0])
-        snprintf(buf, buflen, "%s", s->peers[fd]);
-    else
+    bool known = false;
+    if (s && fd >= 0 && end && !*end) {
+        pthread_mutex_lock(&s->calls_mu);
+        if ((size_t)fd < s->n_peers && s->peers[fd][0]) {
+            snprintf(buf, buflen, "%s", s->peers[fd]);
+            known = true;
+        }
+        pthread_mutex_unlock(&s->calls_mu);
+    }
+    if (!known)
         snprintf(buf, buflen, "%s", p ? p : "unknown");
     gpr_free(p);
 }
@@ -850,7 +1011,9 @@ static void on_accept(struct evconnlistener *lev, evutil_socket_t fd, struct soc
         if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) < 0)
             log_debug("%s: %s: TCP_NODELAY: %s", s->name, l->name, strerror(errno));
     }
+    pthread_mutex_lock(&s->calls_mu);
     peer_remember(s, fd, sa, socklen);
+    pthread_mutex_unlock(&s->calls_mu);
     /* gRPC core owns the connected socket from here on (it closes it). */
     grpc_server_add_channel_from_fd(s->srv, fd, s->creds);
 }
@@ -1015,6 +1178,8 @@ gs_server_t *gs_server_new(struct event_base *base, const gs_options_t *opt, cha
     s->efd = -1;
     snprintf(s->name, sizeof s->name, "%s", opt && opt->name ? opt->name : "grpc");
     pthread_mutex_init(&s->mu, NULL);
+    pthread_mutex_init(&s->handler_mu, NULL);
+    pthread_mutex_init(&s->calls_mu, NULL);
     s->t_shutdown = (gs_tag_t){.kind = TAG_SHUTDOWN, .owner = s};
 
     s->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -1158,8 +1323,9 @@ static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
     gs_server_t *s = arg;
     if (s->shutdown_done || !s->srv)
         return;
-    log_warn("%s: drain bound of %d ms reached; cancelling %zu call%s still running", s->name, s->drain_timeout_ms,
-             s->n_calls, s->n_calls == 1 ? "" : "s");
+    size_t n = calls_count(s);
+    log_warn("%s: drain bound of %d ms reached; cancelling %zu call%s still running", s->name, s->drain_timeout_ms, n,
+             n == 1 ? "" : "s");
     s->cancelled_all = true;
     grpc_server_cancel_all_calls(s->srv);
 }
@@ -1178,17 +1344,36 @@ void gs_server_drain(gs_server_t *s, int timeout_ms, gs_drained_fn done, void *a
     }
     s->state = GS_ST_DRAINING;
     listeners_close(s);
-    log_info("%s: draining: no new connections, %zu call%s in flight", s->name, s->n_calls,
-             s->n_calls == 1 ? "" : "s");
+    size_t n = calls_count(s);
+    log_info("%s: draining: no new connections, %zu call%s in flight", s->name, n, n == 1 ? "" : "s");
     grpc_server_shutdown_and_notify(s->srv, s->cq, &s->t_shutdown);
     s->shutdown_called = true;
+    /* Streams handled on the completion-queue thread are out of this
+     * thread's reach: end them now so their clients reconnect elsewhere. */
+    pthread_mutex_lock(&s->calls_mu);
+    for (gs_call_t *c = s->calls; c; c = c->next)
+        if (c->on_cq && c->gc)
+            grpc_call_cancel_with_status(c->gc, GRPC_STATUS_UNAVAILABLE, "server draining, reconnect", NULL);
+    pthread_mutex_unlock(&s->calls_mu);
     struct timeval tv = {s->drain_timeout_ms / 1000, (s->drain_timeout_ms % 1000) * 1000};
     evtimer_add(s->ev_drain_timer, &tv);
 }
 
 bool gs_server_stopped(const gs_server_t *s) { return s->state == GS_ST_STOPPED; }
 
-size_t gs_server_active_calls(const gs_server_t *s) { return s->n_calls; }
+size_t gs_server_active_calls(const gs_server_t *s) { return calls_count((gs_server_t *)s); }
+
+void gs_server_lock_handlers(gs_server_t *s)
+{
+    if (s)
+        pthread_mutex_lock(&s->handler_mu);
+}
+
+void gs_server_unlock_handlers(gs_server_t *s)
+{
+    if (s)
+        pthread_mutex_unlock(&s->handler_mu);
+}
 
 /* Stop a running server synchronously: cancel everything and pump
  * completions here until gRPC core confirms, within GS_FREE_WAIT_MS.
@@ -1252,5 +1437,7 @@ void gs_server_free(gs_server_t *s)
     if (s->efd >= 0)
         close(s->efd);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->handler_mu);
+    pthread_mutex_destroy(&s->calls_mu);
     free(s);
 }

@@ -11,7 +11,10 @@
  *    thread waits on the completion queue and hands every completion to the
  *    libevent thread through a mutex-protected list and an eventfd; every
  *    call state machine and every handler runs on the libevent thread, so
- *    handlers never need locks and may use IPC clients directly.
+ *    handlers never need locks and may use IPC clients directly. The one
+ *    exception is a streaming method registered with on_cq_thread (see
+ *    gs_stream_handlers_t): its calls are handed to the completion-queue
+ *    thread once and live there, without a thread hop per message.
  *  - Listening sockets belong to the caller (the supervisor, in a gateway):
  *    the server accepts on them with libevent and hands each connected
  *    socket to gRPC core. The listening fds are never closed here.
@@ -97,12 +100,23 @@ typedef void (*gs_unary_fn)(gs_call_t *call, const uint8_t *req, size_t len, voi
  *                           on_done that says cancelled.
  *  on_done(call, cancelled) the call is over; cancelled is false only when
  *                           our gs_stream_finish status went out. The call
- *                           is freed when it returns. */
+ *                           is freed when it returns.
+ *
+ * on_cq_thread: every handler of the method runs on the completion-queue
+ * thread, holding the server's handler lock, and the call's gs_* functions
+ * may be used only from inside those handlers. For request/answer streams
+ * served from thread-safe state (Discover from the naming replica): each
+ * message is read, handled and answered on the thread that did the I/O.
+ * Handlers must not use IPC clients or anything else of the event loop's
+ * unless the event loop changes it only under gs_server_lock_handlers().
+ * gs_server_drain ends such streams at once with UNAVAILABLE "server
+ * draining, reconnect". */
 typedef struct gs_stream_handlers {
     void (*on_open)(gs_call_t *call, void *arg);
     void (*on_message)(gs_call_t *call, const uint8_t *msg, size_t len, void *arg);
     void (*on_half_close)(gs_call_t *call, void *arg);
     void (*on_done)(gs_call_t *call, bool cancelled, void *arg);
+    bool on_cq_thread;
 } gs_stream_handlers_t;
 
 /* The drain finished; the server is torn down (gs_server_free still needed).
@@ -147,6 +161,12 @@ bool gs_server_stopped(const gs_server_t *s);
 
 /* Calls accepted and not yet finished (including ones awaiting a reply). */
 size_t gs_server_active_calls(const gs_server_t *s);
+
+/* Event-loop code that changes what on_cq_thread handlers read holds this
+ * lock while it does; no such handler runs meanwhile. Not reentrant; never
+ * call it from inside such a handler. */
+void gs_server_lock_handlers(gs_server_t *s);
+void gs_server_unlock_handlers(gs_server_t *s);
 
 /* Free the server. If it is still running it is shut down at once (calls
  * cancelled, bounded wait for gRPC core). Calls whose handlers have not

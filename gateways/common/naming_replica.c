@@ -25,6 +25,7 @@
 #include "naming_replica.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -79,6 +80,7 @@ typedef struct nr_listener {
 } nr_listener_t;
 
 struct nr {
+    pthread_mutex_t mu; /* recursive; see nr_lock */
     struct event_base *base;
     ipc_client_t *naming;
     int timeout_ms;
@@ -580,7 +582,9 @@ static void on_snapshot_reply(int status, Lodestar__Envelope *reply, void *arg)
     r->snapreq = NULL;
     if (status == 0 && reply->body_case == LODESTAR__ENVELOPE__BODY_NAMING_SNAPSHOT) {
         r->retry_logged = false;
+        nr_lock(r);
         apply_snapshot(r, reply->naming_snapshot);
+        nr_unlock(r);
         return;
     }
     char why[300];
@@ -628,6 +632,11 @@ nr_t *nr_new(struct event_base *base, ipc_client_t *naming, int request_timeout_
     nr_t *r = calloc(1, sizeof *r);
     if (!r)
         return NULL;
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&r->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     r->base = base;
     r->naming = naming;
     r->timeout_ms = request_timeout_ms > 0 ? request_timeout_ms : 5000;
@@ -636,6 +645,7 @@ nr_t *nr_new(struct event_base *base, ipc_client_t *naming, int request_timeout_
         log_error("naming replica: cannot subscribe to topic %s", NR_TOPIC);
         if (r->retry_ev)
             event_free(r->retry_ev);
+        pthread_mutex_destroy(&r->mu);
         free(r);
         return NULL;
     }
@@ -670,6 +680,7 @@ void nr_free(nr_t *r)
         free(b);
     }
     namespaces_free(r);
+    pthread_mutex_destroy(&r->mu);
     free(r);
 }
 
@@ -677,6 +688,7 @@ void nr_on_push(nr_t *r, Lodestar__Envelope *push)
 {
     if (!r || !push)
         return;
+    nr_lock(r);
     switch (push->body_case) {
     case LODESTAR__ENVELOPE__BODY_NAMING_CHANGE:
         apply_change(r, push->naming_change);
@@ -704,6 +716,19 @@ void nr_on_push(nr_t *r, Lodestar__Envelope *push)
         log_debug("naming replica: push %s ignored", ipc_type_name(push->body_case));
         break;
     }
+    nr_unlock(r);
+}
+
+void nr_lock(nr_t *r)
+{
+    if (r)
+        pthread_mutex_lock(&r->mu);
+}
+
+void nr_unlock(nr_t *r)
+{
+    if (r)
+        pthread_mutex_unlock(&r->mu);
 }
 
 void nr_on_state(nr_t *r, bool connected)

@@ -13,6 +13,12 @@
  * "all instances" and "healthy only"). A slot is freed whenever the
  * service's state changes, so a cached answer is always for the current
  * revision; protocols encode once per change, not once per request.
+ *
+ * Threads. The replica changes only on its event loop's thread (pushes,
+ * snapshots), always under its lock. Code on that thread reads without the
+ * lock; code on any other thread (the gRPC completion-queue thread serving
+ * Discover) holds nr_lock while it reads, fills cache slots, or uses data
+ * that points into the replica, such as a cache slot it is copying.
  */
 #ifndef LODESTAR_NAMING_REPLICA_H
 #define LODESTAR_NAMING_REPLICA_H
@@ -80,6 +86,10 @@ int nr_on_change(nr_t *r, nr_change_fn fn, void *arg);
 
 /* Cache slot helpers: the data is freed with free() on change. */
 nr_cache_slot_t *nr_cache(const nr_service_t *svc, int slot);
+
+/* The replica's lock (recursive; no-ops when r is NULL). See Threads above. */
+void nr_lock(nr_t *r);
+void nr_unlock(nr_t *r);
 
 /* Highest change seq applied so far (snapshot or push); 0 before any. */
 uint64_t nr_seq(const nr_t *r);

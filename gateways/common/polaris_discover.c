@@ -336,11 +336,16 @@ int pd_discover(nr_t *r, const V1__DiscoverRequest *dr, pd_encode_fn enc, int sl
     if (!nr_ready(r))
         return pd_short(V1__CODE__ExecuteException, type, dr->service,
                         "naming data not loaded yet: the gateway waits for the naming worker's snapshot", enc, out);
+    int rc;
+    nr_lock(r); /* cache slots are filled here; see polaris_discover.h for out->data */
     if (dr->type == V1__DISCOVER_REQUEST__DISCOVER_REQUEST_TYPE__INSTANCE)
-        return discover_instances(r, dr, enc, slot_base, out);
-    if (dr->type == V1__DISCOVER_REQUEST__DISCOVER_REQUEST_TYPE__SERVICES)
-        return discover_services(r, dr, enc, out);
-    return discover_rules(dr, enc, out);
+        rc = discover_instances(r, dr, enc, slot_base, out);
+    else if (dr->type == V1__DISCOVER_REQUEST__DISCOVER_REQUEST_TYPE__SERVICES)
+        rc = discover_services(r, dr, enc, out);
+    else
+        rc = discover_rules(dr, enc, out);
+    nr_unlock(r);
+    return rc;
 }
 
 uint32_t pd_beat_target(nr_t *r, const V1__Instance *in, char idbuf[41], const char **id, const char **why)

@@ -39,7 +39,10 @@ typedef struct pd_answer {
 } pd_answer_t;
 
 /* Answer one request. r may be NULL (naming worker disabled). Returns 0 with
- * *out filled, or -1 when even the error answer could not be encoded. */
+ * *out filled, or -1 when even the error answer could not be encoded.
+ * out->data may point into a cache slot of the replica: a caller that is
+ * not on the replica's event-loop thread holds nr_lock(r) from before this
+ * call until it has copied the answer. */
 int pd_discover(nr_t *r, const V1__DiscoverRequest *dr, pd_encode_fn enc, int slot_base, pd_answer_t *out);
 
 /* Encode a DiscoverResponse carrying only code, info ("<code text>: detail"),

@@ -167,9 +167,11 @@ static void on_deregister(gs_call_t *call, const uint8_t *req, size_t len, void 
 
 /* ---------------------------------------------------------- Discover */
 
-typedef struct dsc_stream {
-    pg_stream_t ps; /* first: the shared stream list links this */
-} dsc_stream_t;
+/* Discover streams run on the gRPC completion-queue thread (on_cq_thread):
+ * each request is read, answered from the replica and written back on the
+ * thread that did the I/O. What they read: st->gw, cleared by pg_fini under
+ * the server's handler lock, and the replica, read under its own lock,
+ * held until the answer is copied out of its cache slot. */
 
 /* Discover answers are packed protobuf (polaris_discover.h does the rest). */
 static int pack_answer(const ProtobufCMessage *m, uint8_t **data, size_t *len)
@@ -213,24 +215,11 @@ static void dsc_message(gs_call_t *call, const uint8_t *msg, size_t len, void *a
                     &a);
         return;
     }
-    send_answer(call, pd_discover(gw_replica(st->gw), dr, pack_answer, PG_SLOT_ALL, &a), &a);
+    nr_t *r = gw_replica(st->gw);
+    nr_lock(r);
+    send_answer(call, pd_discover(r, dr, pack_answer, PG_SLOT_ALL, &a), &a);
+    nr_unlock(r);
     v1__discover_request__free_unpacked(dr, NULL);
-}
-
-static void dsc_drain(pg_stream_t *ps)
-{
-    if (ps->call)
-        gs_stream_finish(ps->call, GS_UNAVAILABLE, "server draining, reconnect");
-}
-
-static void dsc_open(gs_call_t *call, void *arg)
-{
-    pg_stream_open(arg, call, sizeof(dsc_stream_t), dsc_drain);
-}
-
-static void dsc_done(gs_call_t *call, bool cancelled, void *arg)
-{
-    free(pg_stream_close(call));
 }
 
 int pg_naming_register(pg_state_t *st, char *err, size_t errlen)
@@ -241,7 +230,7 @@ int pg_naming_register(pg_state_t *st, char *err, size_t errlen)
     if (rc == 0)
         rc = gs_server_add_unary(st->srv, M_DEREGISTER, on_deregister, st, err, errlen);
     if (rc == 0) {
-        gs_stream_handlers_t h = {.on_open = dsc_open, .on_message = dsc_message, .on_done = dsc_done};
+        gs_stream_handlers_t h = {.on_message = dsc_message, .on_cq_thread = true};
         rc = gs_server_add_stream(st->srv, M_DISCOVER, &h, st, err, errlen);
     }
     return rc;

@@ -8,7 +8,8 @@
  *
  * Drain (SIGTERM/SIGHUP): health watchers are told NOT_SERVING and ended;
  * Discover streams are ended with UNAVAILABLE so SDKs reconnect (to the
- * next gateway on the same supervisor-held socket); BatchHeartbeat streams
+ * next gateway on the same supervisor-held socket; the gRPC server does
+ * this, as they run on its completion-queue thread); BatchHeartbeat streams
  * stop reading and end once their beats are answered; then the gRPC server
  * stops accepting, lets running calls finish, and cancels what is left
  * shortly before the child's own drain bound, so the process still exits
@@ -107,8 +108,10 @@ static void pg_fini(child_t *c)
      * their calls, which stay valid until answered; beats never sent are
      * answered next; then the server (handlers that still run during its
      * shutdown see st->gw NULL); the health watch state last. */
+    gs_server_lock_handlers(st->srv); /* Discover handlers read st->gw on the gRPC thread */
     gw_free(st->gw);
     st->gw = NULL;
+    gs_server_unlock_handlers(st->srv);
     pg_heartbeat_free(st);
     gs_server_free(st->srv);
     gw_grpc_health_free(&st->health);

@@ -494,6 +494,7 @@ Test(grpc_server, registration_errors_name_the_input)
 /* ------------------------------------------------------------ streams */
 
 #define STREAM "/lodestar.test.Echo/Stream"
+#define FAST "/lodestar.test.Echo/Fast" /* the same stream, handled on the completion-queue thread */
 
 /* Server side of the echo stream: echoes every message; "finish" ends the
  * call with FAILED_PRECONDITION, "burst N" sends N numbered messages; on
@@ -590,6 +591,7 @@ enum stream_script { SCRIPT_ECHO_MANY, SCRIPT_SERVER_FINISH, SCRIPT_CANCEL, SCRI
 
 typedef struct stream_job {
     enum stream_script script;
+    const char *method; /* STREAM or FAST */
     int done_fd;
     int release_fd;     /* SCRIPT_IDLE: wait for this before closing */
     char failure[256];  /* first thing that went wrong, "" when all fine */
@@ -619,7 +621,7 @@ static void *stream_client_thread(void *p)
 {
     stream_job_t *j = p;
     gtc_channel_t *ch = gtc_channel_open(target);
-    gtc_stream_t *s = gtc_stream_open(ch, STREAM, 10000);
+    gtc_stream_t *s = gtc_stream_open(ch, j->method, 10000);
     if (!s) {
         JOB_FAIL(j, "gtc_stream_open failed");
         goto out;
@@ -743,6 +745,7 @@ static void run_stream_client(stream_run_t *r, enum stream_script script)
     cr_assert_eq(pipe2(r->pipe, O_CLOEXEC), 0, "pipe");
     cr_assert_eq(pipe2(r->release, O_CLOEXEC), 0, "pipe");
     r->job.script = script;
+    r->job.method = STREAM;
     r->job.done_fd = r->pipe[1];
     r->job.release_fd = r->release[0];
     cr_assert_eq(pthread_create(&r->thread, NULL, stream_client_thread, &r->job), 0, "pthread_create");
@@ -892,4 +895,157 @@ Test(grpc_server, stream_pause_holds_reading)
     cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
     cr_assert_eq(r.job.status, GS_OK, "final status %s", gs_status_name(r.job.status));
     cr_assert_eq(sst.messages, 1002, "two messages around one resume, got %d", sst.messages);
+}
+
+/* ----------------------------------------- streams on the gRPC thread */
+
+/* The FAST method's handlers run on the completion-queue thread: they
+ * record what happened (checked on the main thread afterwards) and answer
+ * like st_*: echo, "burst N", "finish", "bye" on half-close. */
+typedef struct fast_stats {
+    pthread_mutex_t mu;
+    int opened, messages, half_closes, done;
+    bool done_cancelled;
+    bool on_main_thread; /* some handler ran on the test's thread */
+    int send_failures;
+} fast_stats_t;
+
+static fast_stats_t fst = {.mu = PTHREAD_MUTEX_INITIALIZER};
+static pthread_t main_thread;
+
+static void fast_note(int *counter)
+{
+    pthread_mutex_lock(&fst.mu);
+    (*counter)++;
+    if (pthread_equal(pthread_self(), main_thread))
+        fst.on_main_thread = true;
+    pthread_mutex_unlock(&fst.mu);
+}
+
+static void fast_open(gs_call_t *call, void *arg) { fast_note(&fst.opened); }
+
+static void fast_message(gs_call_t *call, const uint8_t *msg, size_t len, void *arg)
+{
+    fast_note(&fst.messages);
+    char buf[64] = {0};
+    memcpy(buf, msg, len < sizeof buf - 1 ? len : sizeof buf - 1);
+    int rc = 0;
+    if (strcmp(buf, "finish") == 0) {
+        rc = gs_stream_finish(call, GS_FAILED_PRECONDITION, "finished by server");
+    } else if (strncmp(buf, "burst ", 6) == 0) {
+        for (int i = 0, n = atoi(buf + 6); i < n && rc == 0; i++) {
+            char out[32];
+            int k = snprintf(out, sizeof out, "burst %d", i);
+            rc = gs_stream_send(call, (const uint8_t *)out, (size_t)k);
+        }
+    } else {
+        rc = gs_stream_send(call, msg, len);
+    }
+    if (rc != 0)
+        fast_note(&fst.send_failures);
+}
+
+static void fast_half_close(gs_call_t *call, void *arg)
+{
+    fast_note(&fst.half_closes);
+    if (gs_stream_send(call, (const uint8_t *)"bye", 3) != 0 || gs_stream_finish(call, GS_OK, NULL) != 0)
+        fast_note(&fst.send_failures);
+}
+
+static void fast_done(gs_call_t *call, bool cancelled, void *arg)
+{
+    pthread_mutex_lock(&fst.mu);
+    fst.done_cancelled = cancelled;
+    pthread_mutex_unlock(&fst.mu);
+    fast_note(&fst.done);
+}
+
+static int fast_done_count(void)
+{
+    pthread_mutex_lock(&fst.mu);
+    int n = fst.done;
+    pthread_mutex_unlock(&fst.mu);
+    return n;
+}
+
+static void start_fast_server(void)
+{
+    pthread_mutex_lock(&fst.mu);
+    fst.opened = fst.messages = fst.half_closes = fst.done = fst.send_failures = 0;
+    fst.done_cancelled = fst.on_main_thread = false;
+    pthread_mutex_unlock(&fst.mu);
+    main_thread = pthread_self();
+    char err[256] = "";
+    srv = gs_server_new(base, &(gs_options_t){.name = "test grpc"}, err, sizeof err);
+    cr_assert(srv, "gs_server_new: %s", err);
+    gs_stream_handlers_t h = {.on_open = fast_open,
+                              .on_message = fast_message,
+                              .on_half_close = fast_half_close,
+                              .on_done = fast_done,
+                              .on_cq_thread = true};
+    cr_assert_eq(gs_server_add_stream(srv, FAST, &h, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_unary(srv, ECHO, echo, &echo_count, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_listener(srv, listen_fd, "test-grpc", err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_start(srv, err, sizeof err), 0, "%s", err);
+}
+
+Test(grpc_server, cq_thread_stream_echo_both_ways_half_close)
+{
+    start_fast_server();
+    stream_run_t r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(pipe2(r.pipe, O_CLOEXEC), 0, "pipe");
+    cr_assert_eq(pipe2(r.release, O_CLOEXEC), 0, "pipe");
+    r.job = (stream_job_t){.script = SCRIPT_ECHO_MANY, .method = FAST, .done_fd = r.pipe[1], .release_fd = r.release[0]};
+    cr_assert_eq(pthread_create(&r.thread, NULL, stream_client_thread, &r.job), 0, "pthread_create");
+    wait_stream_signal(&r);
+    join_stream_client(&r);
+    for (int i = 0; i < 500 && fast_done_count() == 0; i++)
+        usleep(10 * 1000);
+    cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
+    cr_assert_eq(r.job.echoed, 250, "echoed %d of 250 messages", r.job.echoed);
+    cr_assert_eq(r.job.burst, 300, "received %d of 300 burst messages", r.job.burst);
+    cr_assert_eq(r.job.status, GS_OK, "final status %s (%s)", gs_status_name(r.job.status), r.job.details);
+    pthread_mutex_lock(&fst.mu);
+    fast_stats_t f = fst;
+    pthread_mutex_unlock(&fst.mu);
+    cr_assert_eq(f.opened, 1, "on_open ran %d times", f.opened);
+    cr_assert_eq(f.messages, 251, "on_message ran %d times, expected 251", f.messages);
+    cr_assert_eq(f.half_closes, 1, "on_half_close ran %d times", f.half_closes);
+    cr_assert_eq(f.done, 1, "on_done ran %d times", f.done);
+    cr_assert_not(f.done_cancelled, "a stream we finished is not cancelled");
+    cr_assert_eq(f.send_failures, 0, "%d sends or finishes failed", f.send_failures);
+    cr_assert_not(f.on_main_thread, "on_cq_thread handlers ran on the event loop's thread");
+    cr_assert_eq(gs_server_active_calls(srv), 0, "no call left");
+    /* unary calls on the same server still go through the event loop */
+    running_t u;
+    echo_count = 0;
+    run_client(&u, ECHO, 3, 2000, NULL);
+    wait_client(&u);
+    cr_assert_eq(u.job.ok, 3, "unary next to a fast stream: %d of 3", u.job.ok);
+}
+
+/* A drain does not wait for an idle stream served on the gRPC thread: it is
+ * ended at once with UNAVAILABLE, so its client reconnects elsewhere. */
+Test(grpc_server, drain_ends_cq_thread_stream_at_once)
+{
+    start_fast_server();
+    stream_run_t r;
+    memset(&r, 0, sizeof r);
+    cr_assert_eq(pipe2(r.pipe, O_CLOEXEC), 0, "pipe");
+    cr_assert_eq(pipe2(r.release, O_CLOEXEC), 0, "pipe");
+    r.job = (stream_job_t){.script = SCRIPT_IDLE, .method = FAST, .done_fd = r.pipe[1], .release_fd = r.release[0]};
+    cr_assert_eq(pthread_create(&r.thread, NULL, stream_client_thread, &r.job), 0, "pthread_create");
+    wait_stream_signal(&r); /* the stream is open and answered once */
+    gs_server_drain(srv, 20000, on_drained, NULL);
+    event_base_dispatch(base);
+    cr_assert_eq(drained_count, 1, "drain did not complete");
+    cr_assert(drained_clean, "nothing had to wait for the drain bound");
+    cr_assert_eq(fast_done_count(), 1, "on_done ran %d times", fast_done_count());
+    cr_assert(fst.done_cancelled, "the stream was ended by the drain, not finished");
+    cr_assert_eq(write(r.release[1], "x", 1), 1, "release");
+    join_stream_client(&r);
+    cr_assert_str_empty(r.job.failure, "client: %s", r.job.failure);
+    cr_assert_eq(r.job.status, GS_UNAVAILABLE, "client's final status %s (%s)", gs_status_name(r.job.status),
+                 r.job.details);
 }
