@@ -384,6 +384,8 @@ static void client_try_connect(ipc_client_t *cl, bool report_now)
         schedule_reconnect(cl);
         return;
     }
+    /* replies and pushes are copied by whoever keeps them */
+    ipc_conn_use_frame_arena(cl->conn);
     cl->backoff_ms = CLIENT_BACKOFF_MIN_MS;
     cl->fail_logged = false;
     log_info("ipc: %s: connected to %s", cl->name, cl->path);

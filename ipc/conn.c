@@ -17,6 +17,14 @@
  * Writes to a peer that went away must not kill the process, so SIGPIPE is
  * set to ignored the first time a connection is made, unless the process
  * already installed its own disposition.
+ *
+ * Frame arena. A connection made with ipc_conn_use_frame_arena decodes its
+ * Envelopes into one arena per process (the event loop's thread only):
+ * every field of a decoded frame is a bump allocation, and the whole frame
+ * goes at once when its callback returns, instead of one free per field.
+ * Callbacks may decode nested messages into the same arena
+ * (ipc_frame_allocator); frames delivered inside other callbacks take their
+ * own part above the outer one's and release only that.
  */
 #include "ipc.h"
 
@@ -37,6 +45,80 @@
 /* How long ipc_conn_close_after_flush waits for the peer to take our output. */
 #define CONN_FLUSH_TIMEOUT_MS 1000
 
+/* ----------------------------------------------------------- frame arena */
+
+#define ARENA_CHUNK (64u * 1024u)  /* usual chunk; larger frames get a chunk of their size */
+#define ARENA_KEEP (1024u * 1024u) /* the largest spare chunk kept for the next frame */
+
+typedef struct arena_chunk {
+    struct arena_chunk *next; /* the chunk below */
+    size_t size, used;
+    _Alignas(16) unsigned char data[];
+} arena_chunk_t;
+
+typedef struct arena_mark {
+    arena_chunk_t *head;
+    size_t used;
+} arena_mark_t;
+
+static arena_chunk_t *arena_head;  /* chunk being filled */
+static arena_chunk_t *arena_spare; /* one released chunk, kept for reuse */
+static int arena_depth;            /* frames decoded into the arena, on the stack */
+
+static void *arena_alloc(void *data, size_t n)
+{
+    (void)data;
+    n = (n + 15u) & ~(size_t)15u;
+    if (!arena_head || arena_head->size - arena_head->used < n) {
+        arena_chunk_t *c = NULL;
+        if (arena_spare && arena_spare->size >= n) {
+            c = arena_spare;
+            arena_spare = NULL;
+        } else {
+            size_t size = n > ARENA_CHUNK ? n : ARENA_CHUNK;
+            c = malloc(sizeof *c + size);
+            if (!c)
+                return NULL;
+            c->size = size;
+        }
+        c->used = 0;
+        c->next = arena_head;
+        arena_head = c;
+    }
+    void *p = arena_head->data + arena_head->used;
+    arena_head->used += n;
+    return p;
+}
+
+static void arena_free(void *data, void *p)
+{
+    (void)data;
+    (void)p; /* released with the frame */
+}
+
+static ProtobufCAllocator arena_allocator = {.alloc = arena_alloc, .free = arena_free, .allocator_data = NULL};
+
+static arena_mark_t arena_mark(void) { return (arena_mark_t){arena_head, arena_head ? arena_head->used : 0}; }
+
+/* Drop everything allocated since m. */
+static void arena_release(arena_mark_t m)
+{
+    while (arena_head && arena_head != m.head) {
+        arena_chunk_t *c = arena_head;
+        arena_head = c->next;
+        if (c->size <= ARENA_KEEP && (!arena_spare || arena_spare->size < c->size)) {
+            free(arena_spare);
+            arena_spare = c;
+        } else {
+            free(c);
+        }
+    }
+    if (arena_head)
+        arena_head->used = m.used;
+}
+
+ProtobufCAllocator *ipc_frame_allocator(void) { return arena_depth > 0 ? &arena_allocator : NULL; }
+
 struct ipc_conn {
     struct event_base *base;
     struct bufferevent *bev;
@@ -52,6 +134,7 @@ struct ipc_conn {
     size_t read_lowmark; /* current read low watermark */
     int depth;           /* owner callbacks currently on the stack */
     bool dead;           /* closed: freed as soon as depth is 0 */
+    bool frame_arena;    /* decode into the frame arena (ipc_conn_use_frame_arena) */
     bool flushing;       /* close_after_flush in progress: reading stopped */
 };
 
@@ -165,17 +248,28 @@ static void conn_process_input(ipc_conn_t *c)
             conn_fail(c, why);
             return;
         }
-        Lodestar__Envelope *env = lodestar__envelope__unpack(NULL, h.length, payload);
+        bool arena = c->frame_arena;
+        arena_mark_t mark = arena_mark();
+        Lodestar__Envelope *env = lodestar__envelope__unpack(arena ? &arena_allocator : NULL, h.length, payload);
         evbuffer_drain(in, h.length);
         if (!env) {
+            if (arena)
+                arena_release(mark);
             snprintf(why, sizeof why, "cannot decode the Envelope of a %u-byte frame (header type %u, %s)",
                      h.length, h.type, ipc_type_name(h.type));
             conn_violation(c, why);
             return;
         }
+        if (arena)
+            arena_depth++;
         if (c->on_frame)
             c->on_frame(c, &h, env, c->arg);
-        lodestar__envelope__free_unpacked(env, NULL);
+        if (arena) {
+            arena_depth--;
+            arena_release(mark);
+        } else {
+            lodestar__envelope__free_unpacked(env, NULL);
+        }
     }
 }
 
@@ -231,6 +325,12 @@ static void conn_flush_timeout_cb(evutil_socket_t fd, short what, void *arg)
     log_debug("ipc: %s: %zu bytes still unsent after %d ms, closing anyway", c->name, ipc_conn_pending(c),
               CONN_FLUSH_TIMEOUT_MS);
     conn_release(c);
+}
+
+void ipc_conn_use_frame_arena(ipc_conn_t *c)
+{
+    if (c)
+        c->frame_arena = true;
 }
 
 ipc_conn_t *ipc_conn_new(struct event_base *base, int fd, const char *name, uint32_t max_frame,

@@ -90,6 +90,16 @@ typedef void (*ipc_close_cb)(ipc_conn_t *c, const char *reason, void *arg);
  * Returns NULL when out of resources; the fd is closed then too. */
 ipc_conn_t *ipc_conn_new(struct event_base *base, int fd, const char *name, uint32_t max_frame,
                          ipc_frame_cb on_frame, ipc_close_cb on_close, void *arg);
+/* Decode this connection's frames into the process's frame arena (see
+ * conn.c): cheaper for large frames, but nothing of a frame may be kept or
+ * detached past its callback, not even by taking ownership of a part.
+ * Client connections use it; servers (whose handlers may keep requests)
+ * do not. Event-loop thread only. */
+void ipc_conn_use_frame_arena(ipc_conn_t *c);
+/* Inside a frame callback of such a connection: an allocator for decoding
+ * nested messages (e.g. an Event's data) that lives as long as the frame;
+ * free_unpacked with it costs nothing. NULL elsewhere (use malloc then). */
+ProtobufCAllocator *ipc_frame_allocator(void);
 /* Queue a frame. Returns 0, or -1 (connection closing, frame too large). */
 int ipc_conn_send(ipc_conn_t *c, uint8_t kind, uint64_t request_id, const Lodestar__Envelope *env);
 /* Bytes queued but not yet written (for back-pressure). */

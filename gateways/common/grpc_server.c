@@ -58,6 +58,7 @@
 #include "log.h"
 
 #define GS_PENDING_REQUESTS 8            /* request_call kept outstanding */
+#define GS_PENDING_PER_UNARY 16          /* request_registered_call kept outstanding per unary method */
 #define GS_DEFAULT_MAX_MESSAGE (4u * 1024u * 1024u)
 #define GS_FREE_WAIT_MS 5000             /* gs_server_free's bound on gRPC core */
 #define GS_ACCEPT_PAUSE_MS 500           /* after accept() failed (EMFILE...) */
@@ -75,6 +76,7 @@ typedef struct gs_tag {
 
 typedef struct gs_method {
     char *path;
+    void *handle;           /* unary methods: gRPC core's registered method (payload read with the call) */
     gs_unary_fn unary;      /* NULL for a streaming method */
     gs_stream_handlers_t h; /* streaming methods */
     void *arg;
@@ -97,6 +99,9 @@ struct gs_call {
 
     gs_tag_t t_req, t_adopt, t_recv, t_send, t_sendrecv, t_close;
     bool on_cq;           /* handled on the completion-queue thread (see gs_stream_handlers_t) */
+    bool registered;      /* unary, through its registered method: the request came with the call, and
+                           * its end is tracked by the reply batch (RECV_CLOSE_ON_SERVER goes with it) */
+    bool close_in_send;   /* the send batch in flight carries RECV_CLOSE_ON_SERVER */
     bool defer_pump;      /* on_cq stream inside on_message: the answer goes out with the next read */
     int ops;              /* batches outstanding */
     bool closed;          /* RECV_CLOSE_ON_SERVER completed, or could not start */
@@ -257,6 +262,7 @@ static void *cq_thread(void *p)
 
 static void on_request_done(gs_call_t *c, bool success);
 static void on_adopt(gs_call_t *c, bool success);
+static void unary_deliver(gs_call_t *c, grpc_byte_buffer *bb);
 static void on_recv_done(gs_call_t *c, bool success);
 static void on_send_done(gs_call_t *c, bool success);
 static void on_sendrecv_done(gs_call_t *c, bool success);
@@ -436,7 +442,7 @@ static int call_pump(gs_call_t *c)
 {
     if (!c->gc || c->closed || c->send_inflight || c->finish_sent || c->defer_pump)
         return 0;
-    grpc_op ops[3];
+    grpc_op ops[4];
     memset(ops, 0, sizeof ops);
     size_t n = 0;
     bool has_msg = false, has_status = false;
@@ -470,6 +476,11 @@ static int call_pump(gs_call_t *c)
         ops[n].data.send_status_from_server.status = c->status;
         ops[n].data.send_status_from_server.status_details = &c->status_details;
         n++;
+        if (c->registered) {
+            ops[n].op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+            ops[n].data.recv_close_on_server.cancelled = &c->cancelled;
+            n++;
+        }
     }
     if (call_start(c, ops, n, &c->t_send) != 0) {
         if (c->send_bb) {
@@ -484,6 +495,8 @@ static int call_pump(gs_call_t *c)
     c->send_inflight = true;
     if (has_status)
         c->finish_sent = true;
+    if (has_status && c->registered)
+        c->close_in_send = true;
     return 0;
 }
 
@@ -533,12 +546,12 @@ static int call_enqueue(gs_call_t *c, const uint8_t *msg, size_t len)
     return 0;
 }
 
-static int request_one(gs_server_t *s)
+static gs_call_t *call_new(gs_server_t *s)
 {
     gs_call_t *c = calloc(1, sizeof *c);
     if (!c) {
         log_error("%s: out of memory for a new call", s->name);
-        return -ENOMEM;
+        return NULL;
     }
     c->srv = s;
     c->t_req = (gs_tag_t){.kind = TAG_REQUEST, .owner = c};
@@ -550,6 +563,36 @@ static int request_one(gs_server_t *s)
     grpc_call_details_init(&c->details);
     grpc_metadata_array_init(&c->req_md);
     c->have_details = true;
+    return c;
+}
+
+/* Ask gRPC core for the next call of a unary method, with its request. */
+static int request_registered(gs_server_t *s, const gs_method_t *m)
+{
+    gs_call_t *c = call_new(s);
+    if (!c)
+        return -ENOMEM;
+    c->m = m;
+    c->registered = true;
+    grpc_call_error e = grpc_server_request_registered_call(s->srv, m->handle, &c->gc, &c->deadline, &c->req_md,
+                                                            &c->recv_bb, s->cq, s->cq, &c->t_req);
+    if (e != GRPC_CALL_OK) {
+        log_error("%s: cannot request a %s call from gRPC core: %s", s->name, m->path, grpc_call_error_to_string(e));
+        grpc_call_details_destroy(&c->details);
+        grpc_metadata_array_destroy(&c->req_md);
+        free(c);
+        return -EIO;
+    }
+    s->pending_requests++;
+    return 0;
+}
+
+/* Ask gRPC core for the next call of any other method (streams, unknown). */
+static int request_one(gs_server_t *s)
+{
+    gs_call_t *c = call_new(s);
+    if (!c)
+        return -ENOMEM;
     grpc_call_error e = grpc_server_request_call(s->srv, &c->gc, &c->details, &c->req_md, s->cq, s->cq, &c->t_req);
     if (e != GRPC_CALL_OK) {
         log_error("%s: cannot request a call from gRPC core: %s", s->name, grpc_call_error_to_string(e));
@@ -600,8 +643,32 @@ static void on_request_done(gs_call_t *c, bool success)
     gs_server_t *s = c->srv;
     s->pending_requests--;
     if (!success) {
+        if (c->recv_bb) {
+            grpc_byte_buffer_destroy(c->recv_bb);
+            c->recv_bb = NULL;
+        }
         c->awaiting_reply = false;
         call_maybe_release(c); /* gc is NULL: frees */
+        return;
+    }
+    if (c->registered) {
+        if (s->state == GS_ST_RUNNING)
+            request_registered(s, c->m);
+        call_list_add(s, c);
+        grpc_byte_buffer *bb = c->recv_bb;
+        c->recv_bb = NULL;
+        c->method = strdup(c->m->path);
+        if (!c->method) {
+            log_error("%s: out of memory for a call's method name", s->name);
+            if (bb)
+                grpc_byte_buffer_destroy(bb);
+            c->closed = true;
+            grpc_call_cancel_with_status(c->gc, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory", NULL);
+            call_maybe_release(c);
+            return;
+        }
+        unary_deliver(c, bb);
+        call_maybe_release(c);
         return;
     }
     if (s->state == GS_ST_RUNNING)
@@ -741,6 +808,35 @@ static void stream_on_recv(gs_call_t *c, grpc_byte_buffer *bb)
     stream_continue(c);
 }
 
+/* A unary call's request (bb NULL: the client sent none) goes to its
+ * handler, which now owes the reply. */
+static void unary_deliver(gs_call_t *c, grpc_byte_buffer *bb)
+{
+    if (!bb) {
+        /* the client half-closed without sending the request */
+        call_finish(c, GRPC_STATUS_INTERNAL, "request message missing");
+        call_pump(c);
+        return;
+    }
+    grpc_byte_buffer_reader rd;
+    if (!grpc_byte_buffer_reader_init(&rd, bb)) {
+        grpc_byte_buffer_destroy(bb);
+        call_finish(c, GRPC_STATUS_INTERNAL, "request message cannot be decompressed");
+        call_pump(c);
+        return;
+    }
+    grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
+    grpc_byte_buffer_reader_destroy(&rd);
+    grpc_byte_buffer_destroy(bb);
+
+    size_t len = GRPC_SLICE_LENGTH(all);
+    const uint8_t *data = len ? GRPC_SLICE_START_PTR(all) : (const uint8_t *)"";
+    c->awaiting_reply = true;
+    /* The call object outlives the handler until gs_reply. */
+    c->m->unary(c, data, len, c->m->arg);
+    grpc_slice_unref(all);
+}
+
 static void on_recv_done(gs_call_t *c, bool success)
 {
     c->ops--;
@@ -758,31 +854,7 @@ static void on_recv_done(gs_call_t *c, bool success)
         call_maybe_release(c);
         return;
     }
-    if (!bb) {
-        /* the client half-closed without sending the request */
-        call_finish(c, GRPC_STATUS_INTERNAL, "request message missing");
-        call_pump(c);
-        call_maybe_release(c);
-        return;
-    }
-    grpc_byte_buffer_reader rd;
-    if (!grpc_byte_buffer_reader_init(&rd, bb)) {
-        grpc_byte_buffer_destroy(bb);
-        call_finish(c, GRPC_STATUS_INTERNAL, "request message cannot be decompressed");
-        call_pump(c);
-        call_maybe_release(c);
-        return;
-    }
-    grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
-    grpc_byte_buffer_reader_destroy(&rd);
-    grpc_byte_buffer_destroy(bb);
-
-    size_t len = GRPC_SLICE_LENGTH(all);
-    const uint8_t *data = len ? GRPC_SLICE_START_PTR(all) : (const uint8_t *)"";
-    c->awaiting_reply = true;
-    /* The call object outlives the handler: its close batch is outstanding. */
-    c->m->unary(c, data, len, c->m->arg);
-    grpc_slice_unref(all);
+    unary_deliver(c, bb);
     call_maybe_release(c);
 }
 
@@ -790,6 +862,8 @@ static void on_send_done(gs_call_t *c, bool success)
 {
     c->ops--;
     c->send_inflight = false;
+    if (c->close_in_send)
+        c->closed = true; /* the batch carried the close: the call is over either way */
     if (c->send_bb) {
         grpc_byte_buffer_destroy(c->send_bb);
         c->send_bb = NULL;
@@ -1232,6 +1306,18 @@ int gs_server_start(gs_server_t *s, char *err, size_t errlen)
         snprintf(err, errlen, "%s: already started", s->name);
         return -EINVAL;
     }
+    /* Unary methods are registered with gRPC core, which then reads the
+     * request with the call (one batch and one completion fewer). */
+    for (size_t m = 0; m < s->n_methods; m++) {
+        if (!s->methods[m].unary)
+            continue;
+        s->methods[m].handle = grpc_server_register_method(s->srv, s->methods[m].path, NULL,
+                                                           GRPC_SRM_PAYLOAD_READ_INITIAL_BYTE_BUFFER, 0);
+        if (!s->methods[m].handle) {
+            snprintf(err, errlen, "%s: gRPC core refused to register method %s", s->name, s->methods[m].path);
+            return -EINVAL;
+        }
+    }
     /* The thread must not take the process's signals: block them while it
      * is created (it inherits the mask), then restore ours. */
     sigset_t all, old;
@@ -1250,6 +1336,15 @@ int gs_server_start(gs_server_t *s, char *err, size_t errlen)
         if (request_one(s) != 0) {
             snprintf(err, errlen, "%s: gRPC core does not accept call requests", s->name);
             return -EIO;
+        }
+    }
+    for (size_t m = 0; m < s->n_methods; m++) {
+        for (int i = 0; s->methods[m].handle && i < GS_PENDING_PER_UNARY; i++) {
+            if (request_registered(s, &s->methods[m]) != 0) {
+                snprintf(err, errlen, "%s: gRPC core does not accept call requests for %s", s->name,
+                         s->methods[m].path);
+                return -EIO;
+            }
         }
     }
     for (size_t i = 0; i < s->n_listeners; i++) {
@@ -1318,6 +1413,38 @@ static void on_teardown(evutil_socket_t fd, short what, void *arg)
         s->drained(s, !s->cancelled_all, s->drained_arg);
 }
 
+/* After grpc_server_cancel_all_calls: unary calls still waiting for their
+ * handler's reply have no batch the cancel could complete, so their end is
+ * taken here: gRPC core's call is released now (shutdown waits for it), our
+ * object stays for the late gs_reply, which then only frees it. */
+static void release_parked(gs_server_t *s)
+{
+    size_t cap = 0, n = 0;
+    gs_call_t **v = NULL;
+    pthread_mutex_lock(&s->calls_mu);
+    for (gs_call_t *c = s->calls; c; c = c->next) {
+        if (c->on_cq || !c->registered || !c->awaiting_reply || !c->gc || c->ops)
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            gs_call_t **nv = realloc(v, nc * sizeof *nv);
+            if (!nv)
+                break;
+            v = nv;
+            cap = nc;
+        }
+        v[n++] = c;
+    }
+    pthread_mutex_unlock(&s->calls_mu);
+    /* these calls belong to this thread: nothing else frees them meanwhile */
+    for (size_t i = 0; i < n; i++) {
+        v[i]->closed = true;
+        v[i]->cancelled = 1;
+        call_maybe_release(v[i]);
+    }
+    free(v);
+}
+
 static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
 {
     gs_server_t *s = arg;
@@ -1328,6 +1455,7 @@ static void on_drain_timeout(evutil_socket_t fd, short what, void *arg)
              n == 1 ? "" : "s");
     s->cancelled_all = true;
     grpc_server_cancel_all_calls(s->srv);
+    release_parked(s);
 }
 
 void gs_server_drain(gs_server_t *s, int timeout_ms, gs_drained_fn done, void *arg)
@@ -1388,6 +1516,7 @@ static bool stop_now(gs_server_t *s)
     if (!s->shutdown_done) {
         s->cancelled_all = true;
         grpc_server_cancel_all_calls(s->srv);
+        release_parked(s);
     }
     for (int waited = 0; !s->shutdown_done && waited < GS_FREE_WAIT_MS; waited += 50) {
         struct pollfd pfd = {.fd = s->efd, .events = POLLIN};

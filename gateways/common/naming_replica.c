@@ -48,6 +48,9 @@ typedef struct nr_svc {
     char *key;        /* "namespace\0name" */
     size_t keylen;
     bool live;        /* false: tombstone */
+    size_t cap;       /* room in pub.state->instances and keys (deltas grow both by doubling) */
+    uint64_t *keys;   /* keys[i] = id_key of instance i: the binary search reads these, not the
+                       * instances (NULL after an allocation failure: ids are compared instead) */
     uint64_t mark;    /* snapshot generation that contained it */
     nr_nsb_t *nsb;    /* namespace bucket while live */
     struct nr_svc *prev, *next; /* list of the bucket */
@@ -249,6 +252,7 @@ static void svc_destroy(nr_t *r, nr_svc_t *e)
     cache_clear(e);
     if (e->pub.state)
         lodestar__naming_service_state__free_unpacked(e->pub.state, NULL);
+    free(e->keys);
     free(e->key);
     free(e);
 }
@@ -282,10 +286,15 @@ static nr_svc_t *svc_find(const nr_t *r, const char *ns, const char *name)
     return e;
 }
 
-static void notify(nr_t *r, const nr_service_t *svc)
+static void notify(nr_t *r, const nr_service_t *svc, const nr_delta_t *delta)
 {
     for (size_t i = 0; i < r->n_listeners; i++)
-        r->listeners[i].fn(r, svc, r->listeners[i].arg);
+        r->listeners[i].fn(r, svc, delta, r->listeners[i].arg);
+}
+
+static bool inst_unhealthy(const Lodestar__NamingInstance *ni)
+{
+    return ni && ni->instance && ni->instance->healthy && !ni->instance->healthy->value;
 }
 
 static int cmp_instance_id(const void *a, const void *b)
@@ -293,6 +302,33 @@ static int cmp_instance_id(const void *a, const void *b)
     const Lodestar__NamingInstance *x = *(Lodestar__NamingInstance *const *)a;
     const Lodestar__NamingInstance *y = *(Lodestar__NamingInstance *const *)b;
     return strcmp(x->instance ? sv(x->instance->id) : "", y->instance ? sv(y->instance->id) : "");
+}
+
+/* The first 8 bytes of an id as a big-endian number (zero-padded): keys
+ * order like strcmp orders the ids, ties broken by strcmp. */
+static uint64_t id_key(const char *id)
+{
+    uint64_t k = 0;
+    int i = 0;
+    for (; i < 8 && id[i]; i++)
+        k = k << 8 | (unsigned char)id[i];
+    return i ? k << (8 * (8 - i)) : 0;
+}
+
+/* Keys for the whole (sorted) instance array of e, after a full state. */
+static void keys_rebuild(nr_svc_t *e)
+{
+    const Lodestar__NamingServiceState *st = e->pub.state;
+    size_t n = st ? st->n_instances : 0;
+    uint64_t *k = realloc(e->keys, (n ? n : 1) * sizeof *k);
+    if (!k) {
+        free(e->keys);
+        e->keys = NULL;
+        return;
+    }
+    e->keys = k;
+    for (size_t i = 0; i < n; i++)
+        k[i] = id_key(inst_id(st->instances[i]));
 }
 
 /* Take ownership of st and apply it under the highest-seq rule. Returns the
@@ -330,6 +366,10 @@ static nr_svc_t *apply_state(nr_t *r, Lodestar__NamingServiceState *st)
     if (e->pub.state)
         lodestar__naming_service_state__free_unpacked(e->pub.state, NULL);
     e->pub.state = st;
+    e->cap = st->n_instances;
+    e->pub.n_unhealthy = 0;
+    for (size_t i = 0; i < st->n_instances; i++)
+        e->pub.n_unhealthy += inst_unhealthy(st->instances[i]);
     e->pub.seq = st->seq;
     e->pub.revision = sv(st->service->revision);
     if (st->seq > r->last_seq)
@@ -350,6 +390,7 @@ static nr_svc_t *apply_state(nr_t *r, Lodestar__NamingServiceState *st)
         }
         instances_index(r, e);
     }
+    keys_rebuild(e);
     revisions_invalidate(r, e->nsb ? e->nsb : nsb_get(r, e->pub.ns, false));
     return e;
 }
@@ -389,13 +430,16 @@ static void namespaces_set(nr_t *r, V1__Namespace *const *list, size_t n)
 static void request_snapshot(nr_t *r);
 
 /* Position of id in the id-sorted instance array: its index when found
- * (*found true), else where it would be inserted. */
-static size_t inst_search(Lodestar__NamingInstance *const *v, size_t n, const char *id, bool *found)
+ * (*found true), else where it would be inserted. With keys, most probes
+ * compare integers in one array instead of following three pointers. */
+static size_t inst_search(Lodestar__NamingInstance *const *v, const uint64_t *keys, size_t n, const char *id,
+                          bool *found)
 {
     size_t lo = 0, hi = n;
+    uint64_t k = id_key(id);
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(inst_id(v[mid]), id);
+        int c = keys && keys[mid] != k ? (keys[mid] < k ? -1 : 1) : strcmp(inst_id(v[mid]), id);
         if (c == 0) {
             *found = true;
             return mid;
@@ -415,7 +459,7 @@ static size_t inst_search(Lodestar__NamingInstance *const *v, size_t n, const ch
  * change does not grow with the size of the service (beyond moving
  * pointers). Returns the entry, or NULL when the delta does not follow what
  * is held (stale: dropped; a gap: dropped and a snapshot requested). */
-static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d)
+static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d, nr_delta_t *out)
 {
     const char *ns = d->service ? sv(d->service->namespace_) : "";
     const char *name = d->service ? sv(d->service->name) : "";
@@ -432,9 +476,21 @@ static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d)
     }
     Lodestar__NamingServiceState *st = e->pub.state;
     V1__Service *svc = (V1__Service *)msg_copy(&d->service->base);
-    Lodestar__NamingInstance **v =
-        d->n_instances ? realloc(st->instances, (st->n_instances + d->n_instances) * sizeof *v) : st->instances;
-    if (!svc || (d->n_instances && !v)) {
+    Lodestar__NamingInstance **v = st->instances;
+    size_t need = st->n_instances + d->n_instances;
+    if (need > e->cap || !v) {
+        size_t cap = e->cap * 2 > need ? e->cap * 2 : need < 16 ? 16 : need;
+        v = realloc(st->instances, cap * sizeof *v);
+        if (v) {
+            st->instances = v;
+            e->cap = cap;
+            uint64_t *k = e->keys ? realloc(e->keys, cap * sizeof *k) : NULL;
+            if (!k)
+                free(e->keys); /* searched without keys until the next full state */
+            e->keys = k;
+        }
+    }
+    if (!svc || !v) {
         if (svc)
             v1__service__free_unpacked(svc, NULL);
         log_error("naming replica: out of memory applying a change to %s/%s; asking for a snapshot", ns, name);
@@ -443,16 +499,25 @@ static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d)
         return NULL;
     }
     st->instances = v;
+    const Lodestar__NamingInstance **changed = d->n_instances ? calloc(d->n_instances, sizeof *changed) : NULL;
+    if (d->n_instances && !changed)
+        log_error("naming replica: out of memory listing the changes to %s/%s for listeners", ns, name);
+    out->changed = changed;
+    out->removed = (const char *const *)d->removed_ids;
+    out->n_removed = d->n_removed_ids;
     cache_clear(e);
     size_t n = st->n_instances;
     for (size_t k = 0; k < d->n_removed_ids; k++) {
         bool found;
-        size_t at = inst_search(v, n, d->removed_ids[k], &found);
+        size_t at = inst_search(v, e->keys, n, d->removed_ids[k], &found);
         if (!found)
             continue;
         instance_unindex(r, e, v[at]);
+        e->pub.n_unhealthy -= inst_unhealthy(v[at]);
         lodestar__naming_instance__free_unpacked(v[at], NULL);
         memmove(&v[at], &v[at + 1], (n - at - 1) * sizeof *v);
+        if (e->keys)
+            memmove(&e->keys[at], &e->keys[at + 1], (n - at - 1) * sizeof *e->keys);
         n--;
     }
     for (size_t k = 0; k < d->n_instances; k++) {
@@ -465,16 +530,24 @@ static nr_svc_t *apply_delta(nr_t *r, const Lodestar__NamingServiceState *d)
             continue;
         }
         bool found;
-        size_t at = inst_search(v, n, inst_id(c), &found);
+        size_t at = inst_search(v, e->keys, n, inst_id(c), &found);
         if (found) {
             instance_unindex(r, e, v[at]);
+            e->pub.n_unhealthy -= inst_unhealthy(v[at]);
             lodestar__naming_instance__free_unpacked(v[at], NULL);
         } else {
             memmove(&v[at + 1], &v[at], (n - at) * sizeof *v);
+            if (e->keys)
+                memmove(&e->keys[at + 1], &e->keys[at], (n - at) * sizeof *e->keys);
             n++;
         }
         v[at] = c;
+        if (e->keys)
+            e->keys[at] = id_key(inst_id(c));
+        e->pub.n_unhealthy += inst_unhealthy(c);
         instance_index(r, e, c);
+        if (changed)
+            changed[out->n_changed++] = c;
     }
     st->n_instances = n;
     v1__service__free_unpacked(st->service, NULL);
@@ -494,14 +567,17 @@ static void apply_change(nr_t *r, const Lodestar__NamingChange *ch)
         if (!ch->services[i])
             continue;
         nr_svc_t *e;
-        if (ch->services[i]->delta) {
-            e = apply_delta(r, ch->services[i]);
+        nr_delta_t delta = {0};
+        bool is_delta = ch->services[i]->delta;
+        if (is_delta) {
+            e = apply_delta(r, ch->services[i], &delta);
         } else {
             Lodestar__NamingServiceState *st = state_copy(ch->services[i]);
             e = st ? apply_state(r, st) : NULL;
         }
         if (e)
-            notify(r, &e->pub);
+            notify(r, &e->pub, is_delta && (delta.changed || !ch->services[i]->n_instances) ? &delta : NULL);
+        free((void *)delta.changed);
     }
     if (ch->n_namespaces)
         namespaces_set(r, ch->namespaces, ch->n_namespaces);
@@ -550,7 +626,7 @@ static void apply_snapshot(nr_t *r, const Lodestar__NamingSnapshot *snap)
     r->ready = true;
     log_info("naming replica: snapshot at seq %llu loaded: %zu services (%zu updated, %zu removed), %zu namespaces",
              (unsigned long long)snap->seq, (size_t)HASH_COUNT(r->services), applied, removed, r->n_namespaces);
-    notify(r, NULL);
+    notify(r, NULL, NULL);
 }
 
 /* ---------------------------------------------------------- snapshots */
@@ -702,14 +778,16 @@ void nr_on_push(nr_t *r, Lodestar__Envelope *push)
             log_debug("naming replica: event on topic %s ignored", ev->topic ? ev->topic : "?");
             break;
         }
-        Lodestar__NamingChange *ch = lodestar__naming_change__unpack(NULL, ev->data.len, ev->data.data);
+        ProtobufCAllocator *al = ipc_frame_allocator(); /* lives as long as the push */
+        Lodestar__NamingChange *ch = lodestar__naming_change__unpack(al, ev->data.len, ev->data.data);
         if (!ch) {
             log_warn("naming replica: event seq %llu on topic %s does not hold a NamingChange (%zu bytes)",
                      (unsigned long long)ev->seq, NR_TOPIC, ev->data.len);
             break;
         }
         apply_change(r, ch);
-        lodestar__naming_change__free_unpacked(ch, NULL);
+        if (!al) /* the frame arena releases its part with the push */
+            lodestar__naming_change__free_unpacked(ch, NULL);
         break;
     }
     default:

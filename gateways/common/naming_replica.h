@@ -44,15 +44,30 @@ typedef struct nr_service {
     const char *revision;            /* service.revision, "" if none */
     Lodestar__NamingServiceState *state; /* owned by the replica; read-only for users */
     uint64_t seq;
+    uint32_t n_unhealthy;            /* instances whose healthy is false */
     nr_cache_slot_t cache[NR_CACHE_SLOTS]; /* freed on every change */
 } nr_service_t;
 
 typedef struct nr nr_t;
 
+/* What one pushed delta did to a service, for listeners that keep state per
+ * instance and should not walk the whole service on every change: the
+ * replica's copies of the instances added or changed (in svc->state), and
+ * the ids the worker removed (some may not have been held). Valid during
+ * the callback only. */
+typedef struct nr_delta {
+    const Lodestar__NamingInstance *const *changed;
+    size_t n_changed;
+    const char *const *removed;
+    size_t n_removed;
+} nr_delta_t;
+
 /* Called after the replica applied a change to a service (svc->state is the
  * new state; svc->state->deleted when it went away) or, with svc NULL, after
- * a full snapshot was loaded. */
-typedef void (*nr_change_fn)(nr_t *r, const nr_service_t *svc, void *arg);
+ * a full snapshot was loaded. delta is set when the change was a delta on
+ * top of what the listener saw before; NULL when the whole state was
+ * replaced (the listener then re-reads svc->state). */
+typedef void (*nr_change_fn)(nr_t *r, const nr_service_t *svc, const nr_delta_t *delta, void *arg);
 
 /* naming: the gateway's IPC client to the naming worker (gw_worker(gw,
  * "naming")); the replica subscribes to topic "naming" on it and requests

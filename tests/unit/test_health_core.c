@@ -343,3 +343,36 @@ Test(health_core, a_tick_costs_what_is_due)
     free(ids);
     hc_core_free(c);
 }
+
+/* A delta touches only what it names: added and changed instances are
+ * taken in, ids that left (of this service only) are dropped, the rest of
+ * the service stays as it was, checks included. */
+Test(health_core, update_applies_only_what_a_change_names)
+{
+    hc_params_t p = params();
+    hc_core_t *c = hc_core_new(&p, T0);
+    hc_inst_info_t v[3] = {{.id = "a", .ttl_s = 5, .healthy = true},
+                           {.id = "b", .ttl_s = 5, .healthy = true},
+                           {.id = "c", .ttl_s = 5, .healthy = true}};
+    hc_core_sync_service(c, "default", "s1", v, 3, 3, 0, -1, T0);
+    sync1(c, "s2", "x", 5, true, T0);
+    cr_assert_eq(hc_core_count(c), 4);
+
+    hc_inst_info_t up[2] = {{.id = "d", .ttl_s = 7, .healthy = true}, {.id = "b", .ttl_s = 9, .healthy = false}};
+    const char *gone[] = {"c", "x", "never-held"};
+    hc_core_update_service(c, "default", "s1", up, 2, gone, 3, 4, 1, -1, T0 + 100);
+    cr_assert_eq(hc_core_count(c), 4, "a, b, d of s1 and x of s2 expected, %zu held", hc_core_count(c));
+    cr_assert(hc_core_find(c, "a"), "a untouched");
+    cr_assert(hc_core_find(c, "d") && hc_core_find(c, "d")->ttl_ms == 7000, "d added with its TTL");
+    cr_assert(hc_core_find(c, "b") && hc_core_find(c, "b")->ttl_ms == 9000 && !hc_core_find(c, "b")->healthy,
+              "b changed");
+    cr_assert_null(hc_core_find(c, "c"), "c left");
+    cr_assert(hc_core_find(c, "x"), "an id of another service is not dropped by s1's change");
+
+    /* a sweep after the update still sees a, b, d as s1's */
+    hc_core_sync_service(c, "default", "s1", v, 1, 1, 0, -1, T0 + 200);
+    cr_assert_null(hc_core_find(c, "b"), "a full sync drops what it lacks");
+    cr_assert_null(hc_core_find(c, "d"), "including what an update added");
+    cr_assert(hc_core_find(c, "a"));
+    hc_core_free(c);
+}

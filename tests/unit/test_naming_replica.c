@@ -83,13 +83,27 @@ static void on_push(ipc_client_t *cl, Lodestar__Envelope *push, void *arg) { nr_
 
 static void on_state(ipc_client_t *cl, bool connected, void *arg) { nr_on_state(replica, connected); }
 
-static void on_change(nr_t *r, const nr_service_t *svc, void *arg)
+/* what the last change told its listener about instances */
+static bool last_was_delta;
+static char last_delta[256];
+
+static void on_change(nr_t *r, const nr_service_t *svc, const nr_delta_t *delta, void *arg)
 {
     if (!svc) {
         snapshots_seen++;
         return;
     }
     changes++;
+    last_was_delta = delta != NULL;
+    last_delta[0] = '\0';
+    if (delta) {
+        size_t off = 0;
+        for (size_t i = 0; i < delta->n_changed; i++)
+            off += (size_t)snprintf(last_delta + off, sizeof last_delta - off, "+%s:%u ",
+                                    delta->changed[i]->instance->id->value, delta->changed[i]->instance->port->value);
+        for (size_t i = 0; i < delta->n_removed; i++)
+            off += (size_t)snprintf(last_delta + off, sizeof last_delta - off, "-%s ", delta->removed[i]);
+    }
     snprintf(last_changed, sizeof last_changed, "%s/%s%s", svc->ns, svc->name,
              svc->state->deleted ? " (deleted)" : "");
 }
@@ -475,10 +489,15 @@ static void push_delta(const char *ns, const char *name, const char *rev, unsign
 Test(naming_replica, deltas_merge_on_their_base_and_gaps_ask_for_a_snapshot)
 {
     start_empty();
-    push_state("default", "svc", "r5", 5, false, "a:1.1.1.1:80:1,b:1.1.1.2:80:1,c:1.1.1.3:80:1");
+    push_state("default", "svc", "r5", 5, false, "a:1.1.1.1:80:1,b:1.1.1.2:80:1,c:1.1.1.3:80:0");
+    cr_assert_not(last_was_delta, "a full state reaches listeners without a delta");
+    cr_assert_eq(nr_service(replica, "default", "svc")->n_unhealthy, 1, "c is unhealthy");
     /* b changes, c goes, d arrives */
     push_delta("default", "svc", "r6", 5, 6, "b:1.1.1.2:81:0,d:1.1.1.4:80:1", "\"c\"");
+    cr_assert(last_was_delta, "a delta reaches listeners as one");
+    cr_assert_str_eq(last_delta, "+b:81 +d:80 -c ", "listeners see what changed and what left");
     const nr_service_t *s = nr_service(replica, "default", "svc");
+    cr_assert_eq(s->n_unhealthy, 1, "c left unhealthy, b became unhealthy: %u", s->n_unhealthy);
     cr_assert_str_eq(s->revision, "r6");
     cr_assert_eq(s->seq, 6);
     cr_assert_eq(s->state->n_instances, 3, "a, b, d expected, got %zu", s->state->n_instances);

@@ -257,58 +257,72 @@ static void set_healthy(hc_core_t *c, hc_inst_t *in, bool healthy, int64_t mtime
     }
 }
 
+/* Add or update one heartbeat-checked instance of s; NULL when v has no
+ * id or memory ran out. */
+static hc_inst_t *inst_upsert(hc_core_t *c, hc_svc_t *s, const hc_inst_info_t *v, int64_t now_ms)
+{
+    if (!v->id || !*v->id)
+        return NULL;
+    int64_t ttl_ms = (int64_t)(v->ttl_s ? v->ttl_s : 5) * 1000;
+    hc_inst_t *in = hc_core_find(c, v->id);
+    if (!in) {
+        in = calloc(1, sizeof *in);
+        if (!in || !(in->id = strdup(v->id))) {
+            free(in);
+            return NULL;
+        }
+        in->ttl_ms = ttl_ms;
+        in->floor_ms = now_ms;
+        in->healthy = true;
+        HASH_ADD_KEYPTR(hh, c->insts, in->id, strlen(in->id), in);
+        in->svc = s;
+        DL_APPEND2(s->insts, in, sprev, snext);
+        set_healthy(c, in, v->healthy, v->mtime_ms, now_ms);
+        in->owned = owns(c, in->id);
+        if (in->owned)
+            schedule(c, in, expiry_of(c, in), now_ms);
+        return in;
+    }
+    if (in->svc != s) {
+        if (in->svc) {
+            DL_DELETE2(in->svc->insts, in, sprev, snext);
+            if (in->pending == HC_ACT_DOWN && in->svc->pending_down)
+                in->svc->pending_down--;
+        }
+        in->svc = s;
+        DL_APPEND2(s->insts, in, sprev, snext);
+        if (in->pending == HC_ACT_DOWN)
+            s->pending_down++;
+    }
+    set_healthy(c, in, v->healthy, v->mtime_ms, now_ms);
+    if (in->ttl_ms != ttl_ms) {
+        in->ttl_ms = ttl_ms;
+        if (hc_wheel_linked(&in->node))
+            schedule(c, in, expiry_of(c, in), now_ms);
+    }
+    return in;
+}
+
+static void svc_counts(hc_svc_t *s, uint32_t total, uint32_t unhealthy, int protect_percent)
+{
+    s->total = total;
+    s->unhealthy = unhealthy;
+    s->protect_percent = protect_percent;
+}
+
 void hc_core_sync_service(hc_core_t *c, const char *ns, const char *name, const hc_inst_info_t *v, size_t n,
                           uint32_t total, uint32_t unhealthy, int protect_percent, int64_t now_ms)
 {
     hc_svc_t *s = svc_get(c, ns, name, true);
     if (!s)
         return;
-    s->total = total;
-    s->unhealthy = unhealthy;
-    s->protect_percent = protect_percent;
+    svc_counts(s, total, unhealthy, protect_percent);
     s->snap_mark = c->snap_gen;
     uint64_t gen = ++c->gen;
     for (size_t i = 0; i < n; i++) {
-        if (!v[i].id || !*v[i].id)
-            continue;
-        int64_t ttl_ms = (int64_t)(v[i].ttl_s ? v[i].ttl_s : 5) * 1000;
-        hc_inst_t *in = hc_core_find(c, v[i].id);
-        if (!in) {
-            in = calloc(1, sizeof *in);
-            if (!in || !(in->id = strdup(v[i].id))) {
-                free(in);
-                continue;
-            }
-            in->ttl_ms = ttl_ms;
-            in->floor_ms = now_ms;
-            in->healthy = true;
-            HASH_ADD_KEYPTR(hh, c->insts, in->id, strlen(in->id), in);
-            in->svc = s;
-            DL_APPEND2(s->insts, in, sprev, snext);
-            set_healthy(c, in, v[i].healthy, v[i].mtime_ms, now_ms);
-            in->owned = owns(c, in->id);
-            if (in->owned)
-                schedule(c, in, expiry_of(c, in), now_ms);
-        } else {
-            if (in->svc != s) {
-                if (in->svc) {
-                    DL_DELETE2(in->svc->insts, in, sprev, snext);
-                    if (in->pending == HC_ACT_DOWN && in->svc->pending_down)
-                        in->svc->pending_down--;
-                }
-                in->svc = s;
-                DL_APPEND2(s->insts, in, sprev, snext);
-                if (in->pending == HC_ACT_DOWN)
-                    s->pending_down++;
-            }
-            set_healthy(c, in, v[i].healthy, v[i].mtime_ms, now_ms);
-            if (in->ttl_ms != ttl_ms) {
-                in->ttl_ms = ttl_ms;
-                if (hc_wheel_linked(&in->node))
-                    schedule(c, in, expiry_of(c, in), now_ms);
-            }
-        }
-        in->mark = gen;
+        hc_inst_t *in = inst_upsert(c, s, &v[i], now_ms);
+        if (in)
+            in->mark = gen;
     }
     hc_inst_t *in, *tmp;
     DL_FOREACH_SAFE2(s->insts, in, tmp, snext)
@@ -316,6 +330,24 @@ void hc_core_sync_service(hc_core_t *c, const char *ns, const char *name, const 
         if (in->mark != gen)
             inst_destroy(c, in);
     }
+}
+
+void hc_core_update_service(hc_core_t *c, const char *ns, const char *name, const hc_inst_info_t *v, size_t n,
+                            const char *const *gone, size_t n_gone, uint32_t total, uint32_t unhealthy,
+                            int protect_percent, int64_t now_ms)
+{
+    hc_svc_t *s = svc_get(c, ns, name, true);
+    if (!s)
+        return;
+    svc_counts(s, total, unhealthy, protect_percent);
+    s->snap_mark = c->snap_gen;
+    for (size_t i = 0; i < n_gone; i++) {
+        hc_inst_t *in = gone[i] ? hc_core_find(c, gone[i]) : NULL;
+        if (in && in->svc == s)
+            inst_destroy(c, in);
+    }
+    for (size_t i = 0; i < n; i++)
+        inst_upsert(c, s, &v[i], now_ms);
 }
 
 void hc_core_drop_service(hc_core_t *c, const char *ns, const char *name)

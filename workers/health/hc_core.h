@@ -148,6 +148,14 @@ void hc_core_reown(hc_core_t *c, int64_t now_ms);
  * dropped; an id that moved from another service moves here. */
 void hc_core_sync_service(hc_core_t *c, const char *ns, const char *name, const hc_inst_info_t *v, size_t n,
                           uint32_t total, uint32_t unhealthy, int protect_percent, int64_t now_ms);
+
+/* What one change did to a service, without walking it: the
+ * heartbeat-checked instances added or changed (v[0..n)), the ids that
+ * left it or lost their heartbeat check (gone; ids of other services are
+ * ignored), and the service's counts and protect threshold as above. */
+void hc_core_update_service(hc_core_t *c, const char *ns, const char *name, const hc_inst_info_t *v, size_t n,
+                            const char *const *gone, size_t n_gone, uint32_t total, uint32_t unhealthy,
+                            int protect_percent, int64_t now_ms);
 void hc_core_drop_service(hc_core_t *c, const char *ns, const char *name);
 /* Around a full resynchronisation: services not synced in between are dropped. */
 void hc_core_sync_begin(hc_core_t *c);

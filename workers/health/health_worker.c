@@ -566,6 +566,24 @@ static int protect_of(const V1__Service *s)
     return -1;
 }
 
+/* What the health checker keeps of one instance; false when it has no
+ * heartbeat check (it is then not the checker's). */
+static bool inst_info(const V1__Instance *in, hc_inst_info_t *out)
+{
+    if (!in || !has_heartbeat_check(in))
+        return false;
+    bool healthy = !in->healthy || in->healthy->value;
+    const V1__HeartbeatHealthCheck *h = in->health_check->heartbeat;
+    *out = (hc_inst_info_t){
+        .id = sv(in->id),
+        .ttl_s = h && h->ttl ? h->ttl->value : 0,
+        .healthy = healthy,
+        .mtime_ms = healthy ? 0 : parse_mtime(sv(in->mtime)),
+    };
+    return true;
+}
+
+/* The whole service, as after a snapshot or a full state. */
 static void sync_service(const nr_service_t *svc, void *arg)
 {
     hw_t *hw = arg;
@@ -581,30 +599,45 @@ static void sync_service(const nr_service_t *svc, void *arg)
         return;
     }
     size_t k = 0;
-    uint32_t unhealthy = 0;
-    for (size_t i = 0; i < st->n_instances; i++) {
-        const V1__Instance *in = st->instances[i] ? st->instances[i]->instance : NULL;
-        if (!in)
-            continue;
-        bool healthy = !in->healthy || in->healthy->value;
-        if (!healthy)
-            unhealthy++;
-        if (!has_heartbeat_check(in))
-            continue;
-        const V1__HeartbeatHealthCheck *h = in->health_check->heartbeat;
-        v[k++] = (hc_inst_info_t){
-            .id = sv(in->id),
-            .ttl_s = h && h->ttl ? h->ttl->value : 0,
-            .healthy = healthy,
-            .mtime_ms = healthy ? 0 : parse_mtime(sv(in->mtime)),
-        };
-    }
-    hc_core_sync_service(hw->core, svc->ns, svc->name, v, k, (uint32_t)st->n_instances, unhealthy,
+    for (size_t i = 0; i < st->n_instances; i++)
+        if (st->instances[i] && inst_info(st->instances[i]->instance, &v[k]))
+            k++;
+    hc_core_sync_service(hw->core, svc->ns, svc->name, v, k, (uint32_t)st->n_instances, svc->n_unhealthy,
                          protect_of(st->service), now);
     free(v);
 }
 
-static void on_replica_change(nr_t *r, const nr_service_t *svc, void *arg)
+/* Only what a delta changed: the work does not grow with the service. */
+static void update_service(hw_t *hw, const nr_service_t *svc, const nr_delta_t *d)
+{
+    const Lodestar__NamingServiceState *st = svc->state;
+    size_t n = d->n_changed;
+    hc_inst_info_t *v = calloc(n ? n : 1, sizeof *v);
+    const char **gone = calloc(d->n_removed + n + 1, sizeof *gone);
+    if (!v || !gone) {
+        free(v);
+        free(gone);
+        log_error("out of memory applying a change to service %s/%s; re-reading it whole", svc->ns, svc->name);
+        sync_service(svc, hw);
+        return;
+    }
+    size_t k = 0, g = 0;
+    for (size_t i = 0; i < d->n_removed; i++)
+        gone[g++] = d->removed[i];
+    for (size_t i = 0; i < n; i++) {
+        const V1__Instance *in = d->changed[i] ? d->changed[i]->instance : NULL;
+        if (inst_info(in, &v[k]))
+            k++;
+        else if (in)
+            gone[g++] = sv(in->id); /* no heartbeat check (any more) */
+    }
+    hc_core_update_service(hw->core, svc->ns, svc->name, v, k, gone, g, (uint32_t)st->n_instances,
+                           svc->n_unhealthy, protect_of(st->service), hw_now_ms());
+    free(v);
+    free(gone);
+}
+
+static void on_replica_change(nr_t *r, const nr_service_t *svc, const nr_delta_t *delta, void *arg)
 {
     hw_t *hw = arg;
     if (hw->core) {
@@ -612,6 +645,8 @@ static void on_replica_change(nr_t *r, const nr_service_t *svc, void *arg)
             hc_core_sync_begin(hw->core);
             nr_foreach_service(r, NULL, sync_service, hw);
             hc_core_sync_end(hw->core);
+        } else if (delta && svc->state && !svc->state->deleted) {
+            update_service(hw, svc, delta);
         } else {
             sync_service(svc, hw);
         }
