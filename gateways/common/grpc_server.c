@@ -103,6 +103,7 @@ struct gs_call {
                            * its end is tracked by the reply batch (RECV_CLOSE_ON_SERVER goes with it) */
     bool close_in_send;   /* the send batch in flight carries RECV_CLOSE_ON_SERVER */
     bool defer_pump;      /* on_cq stream inside on_message: the answer goes out with the next read */
+    bool in_handler;      /* unary handler running: a reply given now is sent when it returns */
     int ops;              /* batches outstanding */
     bool closed;          /* RECV_CLOSE_ON_SERVER completed, or could not start */
     int cancelled;        /* written by gRPC core with RECV_CLOSE_ON_SERVER */
@@ -222,6 +223,7 @@ const char *gs_status_name(int status)
 /* ------------------------------------------------------ completion handoff */
 
 static void dispatch(gs_server_t *s, gs_tag_t *t);
+static void on_send_done(gs_call_t *c, bool success);
 
 /* The completion-queue thread: waits on gRPC core, queues, wakes libevent. */
 static void *cq_thread(void *p)
@@ -243,6 +245,13 @@ static void *cq_thread(void *p)
             pthread_mutex_unlock(&s->handler_mu);
             continue;
         }
+        if (t->kind == TAG_SEND && ((gs_call_t *)t->owner)->close_in_send) {
+            /* The last batch of a replied unary call: all that is left is
+             * releasing it, and the event loop no longer touches a call
+             * once it was replied to (release_parked skips it). */
+            on_send_done(t->owner, t->success);
+            continue;
+        }
         pthread_mutex_lock(&s->mu);
         bool wake = s->q_head == NULL;
         if (s->q_tail)
@@ -262,7 +271,7 @@ static void *cq_thread(void *p)
 
 static void on_request_done(gs_call_t *c, bool success);
 static void on_adopt(gs_call_t *c, bool success);
-static void unary_deliver(gs_call_t *c, grpc_byte_buffer *bb);
+static bool unary_deliver(gs_call_t *c, grpc_byte_buffer *bb);
 static void on_recv_done(gs_call_t *c, bool success);
 static void on_send_done(gs_call_t *c, bool success);
 static void on_sendrecv_done(gs_call_t *c, bool success);
@@ -414,13 +423,16 @@ static void call_maybe_release(gs_call_t *c)
 /* Start a batch on a call; counts it as outstanding. */
 static int call_start(gs_call_t *c, const grpc_op *ops, size_t n, gs_tag_t *tag)
 {
+    /* counted before it starts: its completion may run on the other
+     * thread before grpc_call_start_batch returns (hand-over batches) */
+    c->ops++;
     grpc_call_error e = grpc_call_start_batch(c->gc, ops, n, tag, NULL);
     if (e != GRPC_CALL_OK) {
+        c->ops--;
         log_error("%s: %s: gRPC core refused a batch of %zu ops: %s", c->srv ? c->srv->name : "grpc",
                   c->method ? c->method : "?", n, grpc_call_error_to_string(e));
         return -EIO;
     }
-    c->ops++;
     return 0;
 }
 
@@ -482,22 +494,33 @@ static int call_pump(gs_call_t *c)
             n++;
         }
     }
-    if (call_start(c, ops, n, &c->t_send) != 0) {
-        if (c->send_bb) {
-            grpc_byte_buffer_destroy(c->send_bb);
-            c->send_bb = NULL;
-        }
-        /* End the call on the wire so its close completes and it is released. */
-        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to send", NULL);
-        return -EIO;
-    }
+    /* Everything is set before the batch starts: a batch that carries the
+     * close of a unary call is completed, and the call released, by the
+     * completion-queue thread, possibly before call_start returns. */
+    bool md_was_sent = c->md_sent;
+    bool handoff = has_status && c->registered;
     c->md_sent = true;
     c->send_inflight = true;
     if (has_status)
         c->finish_sent = true;
-    if (has_status && c->registered)
-        c->close_in_send = true;
-    return 0;
+    c->close_in_send = handoff;
+    if (call_start(c, ops, n, &c->t_send) != 0) {
+        c->md_sent = md_was_sent;
+        c->send_inflight = false;
+        c->finish_sent = false;
+        c->close_in_send = false;
+        if (c->send_bb) {
+            grpc_byte_buffer_destroy(c->send_bb);
+            c->send_bb = NULL;
+        }
+        /* End the call on the wire so its close completes and it is released
+         * (a registered unary call has no close of its own outstanding). */
+        grpc_call_cancel_with_status(c->gc, GRPC_STATUS_INTERNAL, "server failed to send", NULL);
+        if (c->registered)
+            c->closed = true;
+        return -EIO;
+    }
+    return handoff ? 1 : 0;
 }
 
 static void call_recv_next(gs_call_t *c)
@@ -667,8 +690,8 @@ static void on_request_done(gs_call_t *c, bool success)
             call_maybe_release(c);
             return;
         }
-        unary_deliver(c, bb);
-        call_maybe_release(c);
+        if (!unary_deliver(c, bb))
+            call_maybe_release(c);
         return;
     }
     if (s->state == GS_ST_RUNNING)
@@ -809,21 +832,21 @@ static void stream_on_recv(gs_call_t *c, grpc_byte_buffer *bb)
 }
 
 /* A unary call's request (bb NULL: the client sent none) goes to its
- * handler, which now owes the reply. */
-static void unary_deliver(gs_call_t *c, grpc_byte_buffer *bb)
+ * handler, which now owes the reply. A reply given inside the handler is
+ * sent when it returns. true: the call was handed to the completion-queue
+ * thread with its last batch, and the caller must not touch it again. */
+static bool unary_deliver(gs_call_t *c, grpc_byte_buffer *bb)
 {
     if (!bb) {
         /* the client half-closed without sending the request */
         call_finish(c, GRPC_STATUS_INTERNAL, "request message missing");
-        call_pump(c);
-        return;
+        return call_pump(c) == 1;
     }
     grpc_byte_buffer_reader rd;
     if (!grpc_byte_buffer_reader_init(&rd, bb)) {
         grpc_byte_buffer_destroy(bb);
         call_finish(c, GRPC_STATUS_INTERNAL, "request message cannot be decompressed");
-        call_pump(c);
-        return;
+        return call_pump(c) == 1;
     }
     grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
     grpc_byte_buffer_reader_destroy(&rd);
@@ -833,8 +856,11 @@ static void unary_deliver(gs_call_t *c, grpc_byte_buffer *bb)
     const uint8_t *data = len ? GRPC_SLICE_START_PTR(all) : (const uint8_t *)"";
     c->awaiting_reply = true;
     /* The call object outlives the handler until gs_reply. */
+    c->in_handler = true;
     c->m->unary(c, data, len, c->m->arg);
+    c->in_handler = false;
     grpc_slice_unref(all);
+    return c->finish_queued && call_pump(c) == 1;
 }
 
 static void on_recv_done(gs_call_t *c, bool success)
@@ -854,8 +880,8 @@ static void on_recv_done(gs_call_t *c, bool success)
         call_maybe_release(c);
         return;
     }
-    unary_deliver(c, bb);
-    call_maybe_release(c);
+    if (!unary_deliver(c, bb))
+        call_maybe_release(c);
 }
 
 static void on_send_done(gs_call_t *c, bool success)
@@ -921,16 +947,20 @@ int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp,
     c->replied = true;
     c->awaiting_reply = false;
     if (!c->gc || c->closed || !c->srv) {
-        call_maybe_release(c);
+        if (!c->in_handler) /* else released when the handler returns */
+            call_maybe_release(c);
         return -ECANCELED;
     }
-    int rc = 0;
     if (status == GS_OK && call_enqueue(c, resp, len) < 0) {
         status = GS_RESOURCE_EXHAUSTED;
         details = "server out of memory";
     }
     call_finish(c, (grpc_status_code)status, status == GS_OK ? NULL : details);
-    rc = call_pump(c);
+    if (c->in_handler)
+        return 0; /* sent when the handler returns (unary_deliver) */
+    int rc = call_pump(c);
+    if (rc == 1)
+        return 0; /* handed over: the completion-queue thread releases it */
     call_maybe_release(c);
     return rc;
 }
@@ -1423,7 +1453,9 @@ static void release_parked(gs_server_t *s)
     gs_call_t **v = NULL;
     pthread_mutex_lock(&s->calls_mu);
     for (gs_call_t *c = s->calls; c; c = c->next) {
-        if (c->on_cq || !c->registered || !c->awaiting_reply || !c->gc || c->ops)
+        /* awaiting_reply first: a replied call may be being released by
+         * the completion-queue thread, and is not read any further */
+        if (!c->awaiting_reply || c->on_cq || !c->registered || !c->gc || c->ops)
             continue;
         if (n == cap) {
             size_t nc = cap ? cap * 2 : 64;
