@@ -14,8 +14,13 @@
  *
  * Output, one line per mode:
  *   mode=read ops=N seconds=S ops_per_s=X p50_us=A p99_us=B errors=E
- *   mode=watch watchers=N held=H rss_before_kib=A rss_after_kib=B rss_per_watcher_b=C
- *       woken=W p50_ms=P p99_ms=Q last_ms=L
+ *   mode=watch watchers=N channels=C held=H publish=ok|failed rss_before_kib=A rss_after_kib=B
+ *       rss_per_watcher_b=C woken=W other=O first_ms=F p50_ms=P p99_ms=Q last_ms=L
+ *       wake_cpu_ms=X bench_cpu_ms=Y
+ *   (watch: times from the release request; wake_cpu_ms is the CPU time
+ *   all Lodestar processes used from the release request to the last
+ *   answer, bench_cpu_ms this process's; on stderr, one line per Lodestar
+ *   process whose RSS moved by 1 MiB or more while the watchers were held)
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -74,16 +79,31 @@ typedef struct call {
     size_t idx;
 } call_t;
 
-static grpc_channel *open_channel(const char *target, int i)
+/* One channel (its own HTTP/2 connection). `lean`: no retry filter and a
+ * minimal filter stack (no client deadline timers, no compression), so the
+ * load generator spends as little as it can per answer; the watch mode
+ * shares the machine's cores with the gateway it measures. */
+static grpc_channel *open_channel(const char *target, int i, bool lean)
 {
-    grpc_arg args[2];
+    grpc_arg args[4];
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL;
     args[0].value.integer = 1;
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = "lodestar.bench.channel"; /* distinct args: distinct connections */
     args[1].value.integer = i;
-    grpc_channel_args ca = {2, args};
+    size_t na = 2;
+    if (lean) {
+        args[na].type = GRPC_ARG_INTEGER;
+        args[na].key = GRPC_ARG_MINIMAL_STACK;
+        args[na].value.integer = 1;
+        na++;
+        args[na].type = GRPC_ARG_INTEGER;
+        args[na].key = GRPC_ARG_ENABLE_RETRIES;
+        args[na].value.integer = 0;
+        na++;
+    }
+    grpc_channel_args ca = {na, args};
     grpc_channel_credentials *cr = grpc_insecure_credentials_create();
     grpc_channel *ch = grpc_channel_create(target, cr, &ca);
     grpc_channel_credentials_release(cr);
@@ -166,7 +186,7 @@ static int mode_read(const char *target, int conc, int secs, const char *group, 
     enum { NCH = 4 };
     grpc_channel *ch[NCH];
     for (int i = 0; i < NCH; i++)
-        ch[i] = open_channel(target, i);
+        ch[i] = open_channel(target, i, false);
     uint8_t req[512];
     size_t len = pack_get(req, group, file);
     call_t *calls = calloc((size_t)conc, sizeof *calls);
@@ -345,13 +365,41 @@ static int mode_http_read(int port, int conc, int secs, const char *group, const
 
 /* ----------------------------------------------------------------- watch */
 
-/* Sum of VmRSS (KiB) of the pids in $LODESTAR_PIDS (space separated). */
-static long rss_kib(void)
+#define RSS_MAX_PIDS 64
+
+/* VmRSS of some processes, each with a label. */
+typedef struct rss_snap {
+    size_t n;
+    long pid[RSS_MAX_PIDS], kib[RSS_MAX_PIDS];
+    char label[RSS_MAX_PIDS][48];
+} rss_snap_t;
+
+/* A process's label: its argv[0] (a child's title, "lodestar: config
+ * worker") and argv[1] when that is not an option. */
+static void proc_label(const char *pid, char *out, size_t len)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%s/cmdline", pid);
+    FILE *f = fopen(path, "r");
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[n] = '\0';
+    const char *a0 = strrchr(buf, '/') ? strrchr(buf, '/') + 1 : buf;
+    const char *a1 = strlen(buf) + 1 < n ? buf + strlen(buf) + 1 : "";
+    snprintf(out, len, "%s%s%.20s", a0, *a1 && *a1 != '-' ? ":" : "", *a1 && *a1 != '-' ? a1 : "");
+}
+
+/* Sum of VmRSS (KiB) of the pids in $LODESTAR_PIDS (space separated);
+ * each one's in *snap too when given. */
+static long rss_kib(rss_snap_t *snap)
 {
     const char *pids = getenv("LODESTAR_PIDS");
     if (!pids)
         return -1;
     long sum = 0;
+    if (snap)
+        snap->n = 0;
     char *copy = strdup(pids), *save = NULL;
     for (char *t = strtok_r(copy, " ,", &save); t; t = strtok_r(NULL, " ,", &save)) {
         char path[64], line[256];
@@ -359,13 +407,70 @@ static long rss_kib(void)
         FILE *f = fopen(path, "r");
         if (!f)
             continue;
+        long kib = 0;
         while (fgets(line, sizeof line, f))
             if (strncmp(line, "VmRSS:", 6) == 0)
-                sum += strtol(line + 6, NULL, 10);
+                kib = strtol(line + 6, NULL, 10);
         fclose(f);
+        sum += kib;
+        if (snap && snap->n < RSS_MAX_PIDS) {
+            snap->pid[snap->n] = strtol(t, NULL, 10);
+            snap->kib[snap->n] = kib;
+            proc_label(t, snap->label[snap->n], sizeof snap->label[0]);
+            snap->n++;
+        }
     }
     free(copy);
     return sum;
+}
+
+/* CPU time (ms, user + system) used so far by the pids in $LODESTAR_PIDS. */
+static double lodestar_cpu_ms(void)
+{
+    const char *pids = getenv("LODESTAR_PIDS");
+    if (!pids)
+        return -1;
+    double ticks = 0;
+    char *copy = strdup(pids), *save = NULL;
+    for (char *t = strtok_r(copy, " ,", &save); t; t = strtok_r(NULL, " ,", &save)) {
+        char path[64], line[1024];
+        snprintf(path, sizeof path, "/proc/%s/stat", t);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(line, sizeof line, f)) {
+            /* fields 14 and 15 (utime, stime) follow the ")" that ends comm */
+            const char *p = strrchr(line, ')');
+            unsigned long ut = 0, st = 0;
+            if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) == 2)
+                ticks += (double)(ut + st);
+        }
+        fclose(f);
+    }
+    free(copy);
+    return ticks * 1000.0 / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+/* One line per process whose RSS moved by at least 1 MiB, to stderr. */
+static void rss_report(const rss_snap_t *a, const rss_snap_t *b, size_t held)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        long was = 0;
+        for (size_t j = 0; j < a->n; j++)
+            if (a->pid[j] == b->pid[i])
+                was = a->kib[j];
+        if (b->kib[i] - was < 1024 && was - b->kib[i] < 1024)
+            continue;
+        fprintf(stderr, "  rss pid=%ld %s before_kib=%ld after_kib=%ld per_watcher_b=%.0f\n", b->pid[i],
+                b->label[i], was, b->kib[i], held ? (b->kib[i] - was) * 1024.0 / (double)held : 0.0);
+    }
 }
 
 static uint64_t current_version(const char *target, const char *group, const char *file, grpc_channel *ch,
@@ -390,9 +495,10 @@ static int mode_watch(const char *target, int http_port, int n, int nch, const c
     grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
     grpc_channel **ch = calloc((size_t)nch, sizeof *ch);
     for (int i = 0; i < nch; i++)
-        ch[i] = open_channel(target, i);
+        ch[i] = open_channel(target, i, true);
     uint64_t have = current_version(target, group, file, ch[0], cq);
-    long before = rss_kib();
+    static rss_snap_t snap0, snap1;
+    long before = rss_kib(&snap0);
 
     Google__Protobuf__StringValue a, b, c;
     Google__Protobuf__UInt64Value v = GOOGLE__PROTOBUF__UINT64_VALUE__INIT;
@@ -427,8 +533,9 @@ static int mode_watch(const char *target, int http_port, int n, int nch, const c
             finish_call(ev.tag, NULL);
         }
     }
-    long after = rss_kib();
+    long after = rss_kib(&snap1);
     size_t held = (size_t)n - early;
+    rss_report(&snap0, &snap1, held);
 
     char body[512];
     snprintf(body, sizeof body,
@@ -437,6 +544,7 @@ static int mode_watch(const char *target, int http_port, int n, int nch, const c
              group, file, (long)time(NULL));
     http_once(http_port, "PUT", "/config/v1/configfiles", body);
     snprintf(body, sizeof body, "{\"namespace\":\"default\",\"group\":\"%s\",\"file_name\":\"%s\"}", group, file);
+    double cpu0 = lodestar_cpu_ms(), self0 = self_cpu_ms();
     double t0 = now_s();
     int pub = http_once(http_port, "POST", "/config/v1/configfiles/release", body);
     uint32_t *ms = malloc(held * sizeof *ms);
@@ -456,12 +564,14 @@ static int mode_watch(const char *target, int http_port, int n, int nch, const c
             other++;
         }
     }
+    double cpu1 = lodestar_cpu_ms(), self1 = self_cpu_ms();
     qsort(ms, woken, sizeof *ms, cmp_u32);
     printf("mode=watch watchers=%d channels=%d held=%zu publish=%s rss_before_kib=%ld rss_after_kib=%ld "
-           "rss_per_watcher_b=%.0f woken=%zu other=%zu p50_ms=%u p99_ms=%u last_ms=%.0f\n",
+           "rss_per_watcher_b=%.0f woken=%zu other=%zu first_ms=%u p50_ms=%u p99_ms=%u last_ms=%.0f wake_cpu_ms=%.0f "
+           "bench_cpu_ms=%.0f\n",
            n, nch, held, pub == 200000 ? "ok" : "failed", before, after,
-           held ? (after - before) * 1024.0 / held : 0.0, woken, other, woken ? ms[woken / 2] : 0,
-           woken ? ms[woken * 99 / 100] : 0, woken ? (last - t0) * 1000 : 0);
+           held ? (after - before) * 1024.0 / held : 0.0, woken, other, woken ? ms[0] : 0, woken ? ms[woken / 2] : 0,
+           woken ? ms[woken * 99 / 100] : 0, woken ? (last - t0) * 1000 : 0, cpu1 - cpu0, self1 - self0);
     for (int i = 0; i < nch; i++)
         grpc_channel_destroy(ch[i]);
     grpc_completion_queue_shutdown(cq);

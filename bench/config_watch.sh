@@ -5,8 +5,10 @@
 #   read       GetConfigFile over gRPC (config port) and over HTTP
 #   watch      WATCHERS long polls (WatchConfigFiles over gRPC, many calls per
 #              HTTP/2 connection) held by the one gateway, VmRSS of every
-#              Lodestar process before and after, then one publish and the
-#              time from the release request to each watcher's answer
+#              Lodestar process before and after (each process that moved by
+#              1 MiB or more on its own line), then one publish, the time
+#              from the release request to each watcher's answer, and the
+#              CPU time Lodestar and the load generator used meanwhile
 #
 #   bench/config_watch.sh [BUILD_DIR] [SECONDS] [WATCHERS...]
 set -euo pipefail

@@ -10,10 +10,22 @@
  *    a uthash table and are freed when their last entry leaves;
  *  - deadlines sit in one binary min-heap (the watcher knows its slot, so
  *    removal is O(log n)); one libevent timer is armed for the root.
+ *
+ * Memory after a burst. Most of what a held watcher costs is its client's
+ * call (gRPC core's per-call state, or an HTTP connection): parking many
+ * leaves the transient memory of their arrival free inside the heap, and
+ * answering many frees their calls. glibc keeps freed heap memory for reuse
+ * and rarely hands it back, so after a burst (within one CW_TRIM_DELAY_MS
+ * window, at least CW_TRIM_MIN watchers parked or completed, and a quarter
+ * of the most held since the last trim: clients arriving en masse, a wake
+ * of every watcher, a drain; not the steady trickle of timeouts and
+ * re-polls), malloc_trim gives the free pages back once the burst has been
+ * over for CW_TRIM_DELAY_MS (its answers have gone out by then).
  */
 #include "config_watch.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +38,8 @@
 #include "log.h"
 
 #define CW_KEY_MAX 512
+#define CW_TRIM_MIN 1024      /* watchers parked or completed that make a burst */
+#define CW_TRIM_DELAY_MS 2000 /* burst window, and quiet time before the trim */
 
 typedef struct cwatch_key cwatch_key_t;
 typedef struct cwatch_entry cwatch_entry_t;
@@ -65,6 +79,11 @@ struct cwatch {
     size_t n_entries;
     struct event *timer;
     int64_t armed_ms; /* deadline the timer is armed for, 0 when not armed */
+    struct event *trim_timer;
+    size_t burst;           /* watchers parked or completed in the current window */
+    int64_t window_ms;      /* start of that window (CW_TRIM_DELAY_MS long) */
+    size_t peak_since_trim; /* most watchers held since the last trim */
+    size_t trims;
 };
 
 static int64_t now_ms(void)
@@ -180,6 +199,36 @@ static void detach(cwatch_t *w, cwatch_watcher_t *x)
     heap_remove(w, x);
 }
 
+static void on_trim(evutil_socket_t fd, short what, void *arg)
+{
+    cwatch_t *w = arg;
+    int64_t t0 = now_ms();
+    malloc_trim(0);
+    log_debug("config watch: gave freed memory back after a burst (%zu watchers held) in %lld ms", w->n_heap,
+              (long long)(now_ms() - t0));
+    w->trims++;
+    w->burst = 0;
+    w->peak_since_trim = w->n_heap;
+}
+
+/* Count `n` watchers parked or completed; while a burst goes on, the trim
+ * waits until it has been quiet for CW_TRIM_DELAY_MS. */
+static void note_burst(cwatch_t *w, size_t n)
+{
+    if (!n)
+        return;
+    int64_t now = now_ms();
+    if (now - w->window_ms > CW_TRIM_DELAY_MS) {
+        w->window_ms = now;
+        w->burst = 0;
+    }
+    w->burst += n;
+    if (w->burst < CW_TRIM_MIN || w->burst < w->peak_since_trim / 4)
+        return;
+    struct timeval tv = {CW_TRIM_DELAY_MS / 1000, (CW_TRIM_DELAY_MS % 1000) * 1000};
+    evtimer_add(w->trim_timer, &tv); /* re-adding a pending timer pushes it back */
+}
+
 static void complete(cwatch_watcher_t *x, cwatch_outcome_t o, const cfr_file_t *f, const V1__ClientConfigFileInfo *v)
 {
     cwatch_done_fn done = x->done;
@@ -193,11 +242,14 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     cwatch_t *w = arg;
     w->armed_ms = 0;
     int64_t now = now_ms();
+    size_t n = 0;
     while (w->n_heap && w->heap[0]->deadline_ms <= now) {
         cwatch_watcher_t *x = w->heap[0];
         detach(w, x);
         complete(x, CWATCH_TIMEOUT, NULL, NULL);
+        n++;
     }
+    note_burst(w, n);
     arm(w);
 }
 
@@ -240,6 +292,7 @@ static void on_change(cfr_t *r, const cfr_file_t *f, void *arg)
         complete(x, CWATCH_CHANGED, f, v);
     }
     free(woken);
+    note_burst(w, n);
     arm(w);
 }
 
@@ -255,9 +308,12 @@ cwatch_t *cwatch_new(struct event_base *base, cfr_t *replica)
     w->base = base;
     w->replica = replica;
     w->timer = evtimer_new(base, on_timer, w);
-    if (!w->timer || cfr_on_change(replica, on_change, w) < 0) {
+    w->trim_timer = evtimer_new(base, on_trim, w);
+    if (!w->timer || !w->trim_timer || cfr_on_change(replica, on_change, w) < 0) {
         if (w->timer)
             event_free(w->timer);
+        if (w->trim_timer)
+            event_free(w->trim_timer);
         free(w);
         return NULL;
     }
@@ -268,11 +324,14 @@ void cwatch_flush(cwatch_t *w)
 {
     if (!w)
         return;
+    size_t n = 0;
     while (w->n_heap) {
         cwatch_watcher_t *x = w->heap[w->n_heap - 1];
         detach(w, x);
         complete(x, CWATCH_FLUSHED, NULL, NULL);
+        n++;
     }
+    note_burst(w, n);
     arm(w);
 }
 
@@ -282,6 +341,7 @@ void cwatch_free(cwatch_t *w)
         return;
     cwatch_flush(w);
     event_free(w->timer);
+    event_free(w->trim_timer);
     free(w->heap);
     free(w);
 }
@@ -417,6 +477,9 @@ int cwatch_add(cwatch_t *w, V1__ClientConfigFileInfo *const *files, size_t n_fil
         DL_APPEND(k->head, e);
         w->n_entries++;
     }
+    if (w->n_heap > w->peak_since_trim)
+        w->peak_since_trim = w->n_heap;
+    note_burst(w, 1);
     arm(w);
     if (out)
         *out = x;
@@ -429,9 +492,12 @@ void cwatch_cancel(cwatch_t *w, cwatch_watcher_t *h)
         return;
     detach(w, h);
     free(h);
+    note_burst(w, 1);
     arm(w);
 }
 
 size_t cwatch_count(const cwatch_t *w) { return w ? w->n_heap : 0; }
 
 size_t cwatch_entries(const cwatch_t *w) { return w ? w->n_entries : 0; }
+
+size_t cwatch_trims(const cwatch_t *w) { return w ? w->trims : 0; }

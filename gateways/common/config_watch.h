@@ -21,7 +21,10 @@
  *    cwatch_add. After the callback the handle is gone;
  *  - no timer per watcher: one deadline min-heap and one libevent timer
  *    for its earliest deadline; index: uthash of file key -> list of
- *    watcher entries; a watcher is one allocation.
+ *    watcher entries; a watcher is one allocation;
+ *  - after a burst (many watchers parked, woken or flushed in a short
+ *    while) the process gives freed memory back to the system
+ *    (malloc_trim), once the burst is over (see config_watch.c).
  */
 #ifndef LODESTAR_CONFIG_WATCH_H
 #define LODESTAR_CONFIG_WATCH_H
@@ -79,5 +82,7 @@ void cwatch_flush(cwatch_t *w);
 /* Parked watchers, and watched (file, watcher) entries. */
 size_t cwatch_count(const cwatch_t *w);
 size_t cwatch_entries(const cwatch_t *w);
+/* Times freed memory was given back after a burst. */
+size_t cwatch_trims(const cwatch_t *w);
 
 #endif

@@ -23,6 +23,11 @@
  * unless paused or too many answers are queued), one SEND batch at a time
  * fed from the call's queue, the final status after the last queued
  * message: the same queue and pump as a unary reply.
+ *
+ * Memory per call (config watchers hold 100,000): the request's metadata
+ * and details are freed as soon as the call arrived, and the server sets no
+ * deadline timer per call (GRPC_ARG_ENABLE_DEADLINE_CHECKS off: clients
+ * cancel at their deadline).
  */
 #include "grpc_server.h"
 
@@ -58,7 +63,10 @@
 #include "log.h"
 
 #define GS_PENDING_REQUESTS 8            /* request_call kept outstanding */
-#define GS_PENDING_PER_UNARY 16          /* request_registered_call kept outstanding per unary method */
+/* request_registered_call kept outstanding per unary method: calls beyond
+ * wait in gRPC core until one is re-armed, and every tag outstanding on the
+ * queue costs each completion a little (Debian's gRPC tracks them). */
+#define GS_PENDING_PER_UNARY 4
 #define GS_DEFAULT_MAX_MESSAGE (4u * 1024u * 1024u)
 #define GS_FREE_WAIT_MS 5000             /* gs_server_free's bound on gRPC core */
 #define GS_ACCEPT_PAUSE_MS 500           /* after accept() failed (EMFILE...) */
@@ -90,8 +98,8 @@ typedef struct gs_outmsg {
 struct gs_call {
     gs_server_t *srv; /* NULL once the server was freed */
     grpc_call *gc;    /* NULL once released */
-    grpc_call_details details;
-    grpc_metadata_array req_md;
+    grpc_call_details details;  /* until the call arrived */
+    grpc_metadata_array req_md; /* until the call arrived */
     bool have_details;
     gpr_timespec deadline;
     char *method;
@@ -380,6 +388,18 @@ static void call_drop_outq(gs_call_t *c)
     c->outq_tail = NULL;
 }
 
+/* The request's details and metadata: nothing of them is used once the
+ * call arrived (its method and deadline are copied), so they are not kept
+ * for the call's whole life. */
+static void call_drop_details(gs_call_t *c)
+{
+    if (c->have_details) {
+        grpc_call_details_destroy(&c->details);
+        grpc_metadata_array_destroy(&c->req_md);
+        c->have_details = false;
+    }
+}
+
 /* Release gRPC core's call when it is over, and our object when nobody
  * owes it anything. */
 static void call_maybe_release(gs_call_t *c)
@@ -395,11 +415,7 @@ static void call_maybe_release(gs_call_t *c)
     }
     if (c->gc)
         return;
-    if (c->have_details) {
-        grpc_call_details_destroy(&c->details);
-        grpc_metadata_array_destroy(&c->req_md);
-        c->have_details = false;
-    }
+    call_drop_details(c);
     if (c->have_status_details) {
         grpc_slice_unref(c->status_details);
         c->have_status_details = false;
@@ -551,15 +567,14 @@ static void stream_read_more(gs_call_t *c)
         call_recv_next(c);
 }
 
-/* Queue one outgoing message (copied) behind the ones already queued. */
-static int call_enqueue(gs_call_t *c, const uint8_t *msg, size_t len)
+/* Queue one outgoing message (a reference to sl) behind the ones already
+ * queued. */
+static int call_enqueue_slice(gs_call_t *c, grpc_slice sl)
 {
     gs_outmsg_t *m = calloc(1, sizeof *m);
     if (!m)
         return -ENOMEM;
-    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(msg ? msg : (const uint8_t *)""), len);
-    m->bb = grpc_raw_byte_buffer_create(&sl, 1);
-    grpc_slice_unref(sl);
+    m->bb = grpc_raw_byte_buffer_create(&sl, 1); /* takes its own reference */
     if (c->outq_tail)
         c->outq_tail->next = m;
     else
@@ -567,6 +582,15 @@ static int call_enqueue(gs_call_t *c, const uint8_t *msg, size_t len)
     c->outq_tail = m;
     c->outq_len++;
     return 0;
+}
+
+/* The same with a copy of msg. */
+static int call_enqueue(gs_call_t *c, const uint8_t *msg, size_t len)
+{
+    grpc_slice sl = grpc_slice_from_copied_buffer((const char *)(msg ? msg : (const uint8_t *)""), len);
+    int rc = call_enqueue_slice(c, sl);
+    grpc_slice_unref(sl);
+    return rc;
 }
 
 static gs_call_t *call_new(gs_server_t *s)
@@ -678,6 +702,7 @@ static void on_request_done(gs_call_t *c, bool success)
         if (s->state == GS_ST_RUNNING)
             request_registered(s, c->m);
         call_list_add(s, c);
+        call_drop_details(c);
         grpc_byte_buffer *bb = c->recv_bb;
         c->recv_bb = NULL;
         c->method = strdup(c->m->path);
@@ -699,6 +724,7 @@ static void on_request_done(gs_call_t *c, bool success)
     call_list_add(s, c);
     c->deadline = c->details.deadline;
     c->method = strndup((const char *)GRPC_SLICE_START_PTR(c->details.method), GRPC_SLICE_LENGTH(c->details.method));
+    call_drop_details(c);
     if (!c->method) {
         log_error("%s: out of memory for a call's method name", s->name);
         c->closed = true; /* nothing started: release at once */
@@ -936,7 +962,30 @@ static void on_close_done(gs_call_t *c, bool success)
     call_maybe_release(c);
 }
 
-int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp, size_t len)
+struct gs_msg {
+    grpc_slice slice;
+};
+
+gs_msg_t *gs_msg_new(const uint8_t *msg, size_t len)
+{
+    gs_msg_t *m = malloc(sizeof *m);
+    if (!m)
+        return NULL;
+    m->slice = grpc_slice_from_copied_buffer((const char *)(msg ? msg : (const uint8_t *)""), len);
+    return m;
+}
+
+void gs_msg_free(gs_msg_t *m)
+{
+    if (!m)
+        return;
+    grpc_slice_unref(m->slice);
+    free(m);
+}
+
+/* gs_reply and gs_reply_msg: the response is resp/len, or shared when set. */
+static int reply(gs_call_t *c, int status, const char *details, const uint8_t *resp, size_t len,
+                 const gs_msg_t *shared)
 {
     if (!c)
         return -EINVAL;
@@ -951,7 +1000,7 @@ int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp,
             call_maybe_release(c);
         return -ECANCELED;
     }
-    if (status == GS_OK && call_enqueue(c, resp, len) < 0) {
+    if (status == GS_OK && (shared ? call_enqueue_slice(c, shared->slice) : call_enqueue(c, resp, len)) < 0) {
         status = GS_RESOURCE_EXHAUSTED;
         details = "server out of memory";
     }
@@ -963,6 +1012,18 @@ int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp,
         return 0; /* handed over: the completion-queue thread releases it */
     call_maybe_release(c);
     return rc;
+}
+
+int gs_reply(gs_call_t *c, int status, const char *details, const uint8_t *resp, size_t len)
+{
+    return reply(c, status, details, resp, len, NULL);
+}
+
+int gs_reply_msg(gs_call_t *c, const gs_msg_t *m)
+{
+    if (!m)
+        return -EINVAL;
+    return reply(c, GS_OK, NULL, NULL, 0, m);
 }
 
 /* True when nothing more may be sent on a streaming call. */
@@ -1306,7 +1367,7 @@ gs_server_t *gs_server_new(struct event_base *base, const gs_options_t *opt, cha
     uint32_t maxmsg = opt && opt->max_message_bytes ? opt->max_message_bytes : GS_DEFAULT_MAX_MESSAGE;
     if (maxmsg > INT32_MAX)
         maxmsg = INT32_MAX;
-    grpc_arg args[2];
+    grpc_arg args[3];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -1314,7 +1375,14 @@ gs_server_t *gs_server_new(struct event_base *base, const gs_options_t *opt, cha
     args[1].type = GRPC_ARG_INTEGER;
     args[1].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
     args[1].value.integer = (int)maxmsg;
-    grpc_channel_args ca = {.num_args = 2, .args = args};
+    /* No server-side deadline timer per call: clients cancel at their own
+     * deadline, which ends the call here too, and handlers read the
+     * deadline with gs_call_remaining_ms. The timer cost memory in every
+     * call and timer work in every call held (config watchers). */
+    args[2].type = GRPC_ARG_INTEGER;
+    args[2].key = (char *)GRPC_ARG_ENABLE_DEADLINE_CHECKS;
+    args[2].value.integer = 0;
+    grpc_channel_args ca = {.num_args = 3, .args = args};
 
     s->cq = grpc_completion_queue_create_for_next(NULL);
     s->srv = grpc_server_create(&ca, NULL);

@@ -23,9 +23,12 @@
  *    UNIMPLEMENTED.
  *
  * Calls. A handler receives a gs_call_t and answers it exactly once with
- * gs_reply(), at once or later from another callback. The call object stays
- * valid until that reply, even when the client cancelled or the deadline
- * passed meanwhile (gs_call_cancelled() tells; the reply is then dropped).
+ * gs_reply() (or gs_reply_msg()), at once or later from another callback.
+ * The call object stays valid until that reply, even when the client
+ * cancelled or the deadline passed meanwhile (the reply is then dropped).
+ * A unary call a handler holds has nothing outstanding in gRPC core (its
+ * close goes with the reply), so a client's cancel is learnt only when the
+ * reply goes out, or at the drain bound.
  *
  * Streams (client, server or bidirectional streaming methods; they look the
  * same from here). A streaming method has handlers instead of one unary
@@ -175,11 +178,23 @@ void gs_server_free(gs_server_t *s);
 
 /* Answer a unary call: status GS_OK with the serialized response (len may
  * be 0), or an error status with optional details (resp is then ignored).
- * Returns 0; -ECANCELED when the call was already cancelled (the reply is
- * dropped, the call is freed all the same); -EALREADY on a second reply
- * (the call is not touched); -EINVAL on a streaming call; -EIO when gRPC
- * core refused the batch. */
+ * Returns 0 (also when the client turns out to have gone: the reply is then
+ * dropped); -ECANCELED when the call is known to be over (the drain bound
+ * ended it; the reply is dropped, the call is freed all the same);
+ * -EALREADY on a second reply (the call is not touched); -EINVAL on a
+ * streaming call; -EIO when gRPC core refused the batch. */
 int gs_reply(gs_call_t *call, int status, const char *details, const uint8_t *resp, size_t len);
+
+/* A serialized response shared by many unary replies (the same answer to
+ * every watcher a change wakes): copied once here, then each gs_reply_msg
+ * takes a reference to it, never a copy. Free it whenever convenient:
+ * replies still in flight keep their reference. */
+typedef struct gs_msg gs_msg_t;
+gs_msg_t *gs_msg_new(const uint8_t *msg, size_t len); /* NULL when out of memory */
+void gs_msg_free(gs_msg_t *m);
+/* gs_reply(call, GS_OK, NULL, <m's bytes>) without copying them; same
+ * returns, and -EINVAL when m is NULL. */
+int gs_reply_msg(gs_call_t *call, const gs_msg_t *m);
 
 /* Streams: queue one message (copied). 0; -EALREADY after gs_stream_finish;
  * -ECANCELED when the call is over (the message is dropped); -EINVAL on a
@@ -202,8 +217,9 @@ void *gs_call_user(const gs_call_t *call);
 
 /* Full method path of the call. */
 const char *gs_call_method(const gs_call_t *call);
-/* True when the client cancelled, the deadline passed, or the server shut
- * down before the reply went out. */
+/* True when the call is known to be over before our reply went out: the
+ * client cancelled or its deadline passed (a stream learns it at once, a
+ * unary call only when its reply goes out), or the server shut down. */
 bool gs_call_cancelled(const gs_call_t *call);
 /* Milliseconds until the client's deadline (0 when already passed), or -1
  * when the client set none. */

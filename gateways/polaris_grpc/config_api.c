@@ -17,7 +17,10 @@
  *    the timeout (30 s, or the client's deadline minus PC_DEADLINE_MARGIN_MS
  *    when that is sooner) with 200001 DataNoChange, as the Polaris server
  *    answers a watch that saw no change; a draining gateway answers its
- *    watchers 200001 at once so clients re-poll elsewhere.
+ *    watchers 200001 at once so clients re-poll elsewhere;
+ *  - a change answers its woken watchers with one message encoded once and
+ *    shared (gs_reply_msg): the answer depends only on the file and on the
+ *    version and md5 the watcher now reads.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -280,10 +283,69 @@ static void pc_get_metadata_list(gs_call_t *call, const uint8_t *req, size_t len
 
 /* ------------------------------------------------------------- watch */
 
+/* The last change answer encoded, by what it depends on: the file's key,
+ * the version and the md5 the watcher reads. A wake answers every watcher
+ * that reads the same release with one shared message. */
+static struct {
+    char *key;
+    size_t keylen;
+    uint64_t version;
+    char *md5;
+    gs_msg_t *msg;
+} pc_woken;
+
+static void pc_woken_clear(void)
+{
+    gs_msg_free(pc_woken.msg);
+    free(pc_woken.key);
+    free(pc_woken.md5);
+    memset(&pc_woken, 0, sizeof pc_woken);
+}
+
+/* The shared answer for (f, v): the cached one, or a new one; NULL when
+ * out of memory (the caller then encodes its own). */
+static const gs_msg_t *pc_woken_answer(const cfr_file_t *f, const V1__ClientConfigFileInfo *v)
+{
+    uint64_t version = v->version ? v->version->value : 0;
+    const char *md5 = svv(v->md5);
+    if (pc_woken.msg && pc_woken.version == version && pc_woken.keylen == f->keylen &&
+        memcmp(pc_woken.key, f->key, f->keylen) == 0 && strcmp(pc_woken.md5, md5) == 0)
+        return pc_woken.msg;
+    pc_woken_clear();
+    pc_view_t o;
+    V1__ConfigClientResponse r = V1__CONFIG_CLIENT_RESPONSE__INIT;
+    Google__Protobuf__UInt32Value c = GOOGLE__PROTOBUF__UINT32_VALUE__INIT;
+    Google__Protobuf__StringValue i = GOOGLE__PROTOBUF__STRING_VALUE__INIT;
+    c.value = V1__CODE__ExecuteSuccess;
+    i.value = (char *)polaris_code_info(c.value);
+    r.code = &c;
+    r.info = &i;
+    r.configfile = pc_view(&o, f, v, false);
+    size_t n = 0;
+    uint8_t *buf = pg_pack(&r.base, &n);
+    pc_woken.key = malloc(f->keylen ? f->keylen : 1);
+    pc_woken.md5 = strdup(md5);
+    pc_woken.msg = buf ? gs_msg_new(buf, n) : NULL;
+    free(buf);
+    if (!pc_woken.key || !pc_woken.md5 || !pc_woken.msg) {
+        pc_woken_clear();
+        return NULL;
+    }
+    memcpy(pc_woken.key, f->key, f->keylen);
+    pc_woken.keylen = f->keylen;
+    pc_woken.version = version;
+    return pc_woken.msg;
+}
+
 static void pc_watch_done(void *arg, cwatch_outcome_t outcome, const cfr_file_t *f, const V1__ClientConfigFileInfo *v)
 {
     gs_call_t *call = arg;
     if (outcome == CWATCH_CHANGED && f && v) {
+        const gs_msg_t *m = pc_woken_answer(f, v);
+        if (m) {
+            gs_reply_msg(call, m);
+            return;
+        }
         pc_view_t o;
         pc_reply(call, V1__CODE__ExecuteSuccess, NULL, pc_view(&o, f, v, false));
         return;
@@ -448,6 +510,7 @@ static void pc_drain(pg_stream_t *ps)
     (void)ps;
     if (pc_st && pc_st->gw)
         cwatch_flush(gw_config_watch(pc_st->gw));
+    pc_woken_clear();
 }
 
 int pg_config_register(pg_state_t *st, char *err, size_t errlen)

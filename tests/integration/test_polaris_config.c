@@ -3,7 +3,8 @@
  * with PostgreSQL, the config OpenAPI over HTTP (8090 role), the Polaris
  * config gRPC API (8093 role) and the HTTP client API. Covers CRUD, publish
  * and read, history and rollback, beta targeting by client IP and label,
- * watch wake-up latency after a publish, the watch timeout answer, 1,000
+ * watch wake-up latency after a publish, the watch timeout answer, gRPC
+ * watchers of alike files each woken with their own file, 1,000
  * concurrent HTTP long polls woken by one publish, durability across a
  * restart, and kill -9 of the config worker while watchers wait.
  */
@@ -69,6 +70,7 @@ typedef struct got {
     uint64_t version;
     char content[256];
     char md5[64];
+    char name[64];
 } got_t;
 
 static int unpack_resp(uint8_t *resp, size_t len, got_t *g)
@@ -85,6 +87,8 @@ static int unpack_resp(uint8_t *resp, size_t len, got_t *g)
                  r->configfile->content && r->configfile->content->value ? r->configfile->content->value : "");
         snprintf(g->md5, sizeof g->md5, "%s",
                  r->configfile->md5 && r->configfile->md5->value ? r->configfile->md5->value : "");
+        snprintf(g->name, sizeof g->name, "%s",
+                 r->configfile->file_name && r->configfile->file_name->value ? r->configfile->file_name->value : "");
     }
     v1__config_client_response__free_unpacked(r, NULL);
     return 0;
@@ -454,6 +458,7 @@ static void step_beta(void)
 }
 
 typedef struct wthread {
+    const char *group, *name; /* NULL: g3/w.txt */
     uint64_t have;
     got_t got;
     long long done_ms;
@@ -463,7 +468,7 @@ static void *watch_thread(void *arg)
 {
     wthread_t *w = arg;
     uint8_t buf[1024];
-    size_t n = pack_watch(buf, "g3", "w.txt", w->have, NULL);
+    size_t n = pack_watch(buf, w->group ? w->group : "g3", w->name ? w->name : "w.txt", w->have, NULL);
     uint8_t *resp = NULL;
     size_t rlen = 0;
     int status = -1;
@@ -500,6 +505,38 @@ static void step_watch_latency_and_timeout(void)
         cr_assert_lt(w.done_ms - p1, 100, "woken %lld ms after the publish was acknowledged (publish took %lld ms)",
                      w.done_ms - p1, p1 - p0);
         g = grpc_get("g3", "w.txt", NULL);
+    }
+}
+
+/* gRPC watchers of two files whose releases are alike (same content, so
+ * the same md5, and the same version): each is woken only by its own
+ * file's publish, and answered with its own file. */
+static void step_grpc_watchers_of_alike_files(void)
+{
+    enum { N = 8 };
+    publish("g4", "k1.txt", "same");
+    publish("g4", "k2.txt", "same");
+    got_t g1 = grpc_get("g4", "k1.txt", NULL), g2 = grpc_get("g4", "k2.txt", NULL);
+    wthread_t w[2 * N];
+    pthread_t th[2 * N];
+    for (int i = 0; i < 2 * N; i++) {
+        w[i] = (wthread_t){.group = "g4", .name = i < N ? "k1.txt" : "k2.txt", .have = i < N ? g1.version : g2.version};
+        pthread_create(&th[i], NULL, watch_thread, &w[i]);
+    }
+    lstest_sleep_ms(500); /* let them park */
+    publish("g4", "k1.txt", "next");
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    publish("g4", "k2.txt", "next");
+    for (int i = N; i < 2 * N; i++)
+        pthread_join(th[i], NULL);
+    got_t n1 = grpc_get("g4", "k1.txt", NULL), n2 = grpc_get("g4", "k2.txt", NULL);
+    for (int i = 0; i < 2 * N; i++) {
+        const got_t *want = i < N ? &n1 : &n2;
+        cr_assert_eq(w[i].got.code, 200000, "watcher %d woken: %u", i, w[i].got.code);
+        cr_assert_str_eq(w[i].got.name, i < N ? "k1.txt" : "k2.txt", "watcher %d answered with its own file", i);
+        cr_assert_eq(w[i].got.version, want->version, "watcher %d: the new version", i);
+        cr_assert_str_eq(w[i].got.md5, want->md5, "watcher %d: the new md5", i);
     }
 }
 
@@ -579,6 +616,7 @@ Test(polaris_config, end_to_end, .timeout = 300)
     step_history_rollback();
     step_beta();
     step_watch_latency_and_timeout();
+    step_grpc_watchers_of_alike_files();
     step_many_watchers();
     step_worker_kill();
 

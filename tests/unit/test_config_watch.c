@@ -5,7 +5,7 @@
  * immediate answer when behind, wake-up on change, timeouts (and their
  * order through the deadline heap), no lost wake-up between a read and a
  * watch, beta targeting by IP and labels, ordering by notification id,
- * cancellation and flushing.
+ * cancellation and flushing, giving memory back after a burst.
  */
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -308,4 +308,30 @@ Test(config_watch, cancel_and_flush)
     cwatch_flush(cw);
     cr_assert_eq(b.calls, 1, "flushed");
     cr_assert_eq(b.outcome, CWATCH_FLUSHED, "outcome flushed");
+}
+
+/* Freed memory goes back after a burst (many watchers parked and woken in
+ * a short while), once the burst is over; not after a small one. */
+Test(config_watch, trims_after_a_burst_only)
+{
+    push("a", 1, 1, 0, NULL);
+    enum { SMALL = 500, BURST = 1100 };
+    rec_t *r = calloc(SMALL + BURST, sizeof *r);
+    for (int i = 0; i < SMALL; i++)
+        cr_assert_eq(watch("a", 1, NULL, NULL, 30000, &r[i], NULL), 0, "parked");
+    push("a", 2, 2, 0, NULL);
+    cr_assert_eq(r[SMALL - 1].calls, 1, "woken");
+    run_ms(2300);
+    cr_assert_eq(cwatch_trims(cw), 0, "%d parked and woken are no burst", SMALL);
+
+    for (int i = SMALL; i < SMALL + BURST; i++)
+        cr_assert_eq(watch("a", 2, NULL, NULL, 30000, &r[i], NULL), 0, "parked");
+    push("a", 3, 3, 0, NULL);
+    cr_assert_eq(r[SMALL + BURST - 1].calls, 1, "woken");
+    cr_assert_eq(cwatch_trims(cw), 0, "the trim waits until the burst is over");
+    run_ms(2300);
+    cr_assert_eq(cwatch_trims(cw), 1, "one trim after a burst of %d", BURST);
+    run_ms(2300);
+    cr_assert_eq(cwatch_trims(cw), 1, "and only one");
+    free(r);
 }

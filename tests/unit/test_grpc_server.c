@@ -3,8 +3,9 @@
  * served in-process on a listening socket the test owns, the way the
  * supervisor hands one to a gateway, and called by real gRPC clients
  * (tests/support/grpc_client.c) from a thread or from forked processes:
- * unary calls, and streams (echo both ways, half-close, server finish,
- * client cancel, drain bound).
+ * unary calls (message size limits, compressed requests, shared reply
+ * messages, a held call whose client gave up), and streams (echo both
+ * ways, half-close, server finish, client cancel, drain bound).
  *
  * The libevent loop runs on the test's main thread; client threads report
  * back through a pipe the loop watches. Forked clients are forked before
@@ -26,6 +27,12 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <grpc/byte_buffer.h>
+#include <grpc/byte_buffer_reader.h>
+#include <grpc/compression.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/time.h>
 
 #include "grpc_client.h"
 #include "grpc_server.h"
@@ -33,6 +40,9 @@
 
 #define ECHO "/lodestar.test.Echo/Echo"
 #define SLOW "/lodestar.test.Echo/Slow"
+#define BIG "/lodestar.test.Echo/Big"
+#define SHARED "/lodestar.test.Echo/Shared"
+#define HOLD "/lodestar.test.Echo/Hold"
 
 /* ------------------------------------------------------------ fixture */
 
@@ -142,16 +152,56 @@ static void slow(gs_call_t *call, const uint8_t *req, size_t len, void *arg)
 
 static int echo_count;
 
-static void start_server(void)
+/* Big: answers as many bytes ('b') as the request names. */
+static void big(gs_call_t *call, const uint8_t *req, size_t len, void *arg)
+{
+    char buf[16] = {0};
+    memcpy(buf, req, len < sizeof buf - 1 ? len : sizeof buf - 1);
+    size_t n = (size_t)atoi(buf);
+    uint8_t *out = malloc(n ? n : 1);
+    memset(out, 'b', n);
+    gs_reply(call, GS_OK, NULL, out, n);
+    free(out);
+}
+
+/* Shared: answers with one message built once for all calls (every third
+ * call gets a message of its own, freed right after the reply). */
+static gs_msg_t *shared_msg;
+static int shared_count;
+
+static void shared(gs_call_t *call, const uint8_t *req, size_t len, void *arg)
+{
+    if (++shared_count % 3 == 0) {
+        gs_msg_t *own = gs_msg_new((const uint8_t *)"shared answer", 13);
+        cr_assert_eq(gs_reply_msg(call, own), 0, "reply with a message of its own");
+        gs_msg_free(own); /* the reply keeps its reference */
+        return;
+    }
+    cr_assert_eq(gs_reply_msg(call, shared_msg), 0, "reply with the shared message");
+    cr_assert_eq(gs_reply_msg(call, shared_msg), -EALREADY, "a second reply must be refused");
+}
+
+/* Hold: keeps the call without answering (the test answers it). */
+static gs_call_t *held_call;
+
+static void hold(gs_call_t *call, const uint8_t *req, size_t len, void *arg) { held_call = call; }
+
+static void start_server_max(uint32_t max_message_bytes)
 {
     char err[256] = "";
-    srv = gs_server_new(base, &(gs_options_t){.name = "test grpc"}, err, sizeof err);
+    srv = gs_server_new(base, &(gs_options_t){.name = "test grpc", .max_message_bytes = max_message_bytes}, err,
+                        sizeof err);
     cr_assert(srv, "gs_server_new: %s", err);
     cr_assert_eq(gs_server_add_unary(srv, ECHO, echo, &echo_count, err, sizeof err), 0, "%s", err);
     cr_assert_eq(gs_server_add_unary(srv, SLOW, slow, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_unary(srv, BIG, big, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_unary(srv, SHARED, shared, NULL, err, sizeof err), 0, "%s", err);
+    cr_assert_eq(gs_server_add_unary(srv, HOLD, hold, NULL, err, sizeof err), 0, "%s", err);
     cr_assert_eq(gs_server_add_listener(srv, listen_fd, "test-grpc", err, sizeof err), 0, "%s", err);
     cr_assert_eq(gs_server_start(srv, err, sizeof err), 0, "%s", err);
 }
+
+static void start_server(void) { start_server_max(0); }
 
 static void on_drained(gs_server_t *s, bool clean, void *arg)
 {
@@ -166,19 +216,20 @@ typedef struct client_job {
     const char *method;
     int calls;
     int timeout_ms;
-    char payload[32]; /* sent as is when set, else "msg <i>" */
+    char payload[160]; /* sent as is when set, else "msg <i>" */
     int ok;           /* calls that returned status OK with the expected body */
     int last_status;
     char last_details[256];
     int last_rc;
     int done_fd;      /* written once when finished */
+    const char *expect; /* the answer expected when not ECHO's or Slow's */
 } client_job_t;
 
 static void *client_thread(void *p)
 {
     client_job_t *j = p;
     for (int i = 0; i < j->calls; i++) {
-        char msg[32];
+        char msg[160];
         int n = j->payload[0] ? snprintf(msg, sizeof msg, "%s", j->payload) : snprintf(msg, sizeof msg, "msg %d", i);
         uint8_t *resp = NULL;
         size_t rl = 0;
@@ -188,9 +239,10 @@ static void *client_thread(void *p)
                                &det);
         j->last_status = st;
         snprintf(j->last_details, sizeof j->last_details, "%s", det ? det : "");
+        const char *want = j->expect ? j->expect : "late";
         if (j->last_rc == 0 && st == 0 &&
             ((strcmp(j->method, ECHO) == 0 && rl == (size_t)n && memcmp(resp, msg, rl) == 0) ||
-             (strcmp(j->method, ECHO) != 0 && rl == 4 && memcmp(resp, "late", 4) == 0)))
+             (strcmp(j->method, ECHO) != 0 && rl == strlen(want) && memcmp(resp, want, rl) == 0)))
             j->ok++;
         free(resp);
         free(det);
@@ -206,9 +258,11 @@ typedef struct running {
     client_job_t job;
 } running_t;
 
-static void run_client(running_t *r, const char *method, int calls, int timeout_ms, const char *payload)
+static void run_client_expect(running_t *r, const char *method, int calls, int timeout_ms, const char *payload,
+                              const char *expect)
 {
     memset(r, 0, sizeof *r);
+    r->job.expect = expect;
     cr_assert_eq(pipe2(r->pipe, O_CLOEXEC), 0, "pipe");
     r->job.method = method;
     r->job.calls = calls;
@@ -217,6 +271,11 @@ static void run_client(running_t *r, const char *method, int calls, int timeout_
         snprintf(r->job.payload, sizeof r->job.payload, "%s", payload);
     r->job.done_fd = r->pipe[1];
     cr_assert_eq(pthread_create(&r->thread, NULL, client_thread, &r->job), 0, "pthread_create");
+}
+
+static void run_client(running_t *r, const char *method, int calls, int timeout_ms, const char *payload)
+{
+    run_client_expect(r, method, calls, timeout_ms, payload, NULL);
 }
 
 static void break_loop(evutil_socket_t fd, short what, void *arg) { event_base_loopbreak(base); }
@@ -472,6 +531,185 @@ Test(grpc_server, listening_fd_survives_restart)
     gs_server_drain(srv, bound, on_drained, NULL);
     event_base_dispatch(base);
     cr_assert_eq(drained_count, 2, "second drain did not complete");
+}
+
+/* Messages above max_message_bytes are refused both ways, and nothing else
+ * suffers from it. */
+Test(grpc_server, message_size_limit_both_ways)
+{
+    echo_count = 0;
+    start_server_max(64);
+    running_t r;
+    char big_req[101];
+    memset(big_req, 'q', 100);
+    big_req[100] = '\0';
+    run_client(&r, ECHO, 1, 2000, big_req);
+    wait_client(&r);
+    cr_assert_eq(r.job.last_status, GS_RESOURCE_EXHAUSTED, "a 100-byte request to a 64-byte server: %s (%s)",
+                 gs_status_name(r.job.last_status), r.job.last_details);
+    cr_assert_eq(echo_count, 0, "the handler must not see an oversized request");
+
+    run_client(&r, BIG, 1, 2000, "100");
+    wait_client(&r);
+    cr_assert_eq(r.job.last_status, GS_RESOURCE_EXHAUSTED, "a 100-byte answer from a 64-byte server: %s (%s)",
+                 gs_status_name(r.job.last_status), r.job.last_details);
+
+    run_client(&r, ECHO, 3, 2000, NULL);
+    wait_client(&r);
+    cr_assert_eq(r.job.ok, 3, "small calls after refused ones: %d of 3 (%s)", r.job.ok, r.job.last_details);
+}
+
+/* A client that compresses its requests (grpc-encoding: gzip) is
+ * understood: the handler sees the plain bytes. */
+typedef struct gzip_job {
+    uint8_t req[4096];
+    int status;
+    bool same;
+    int done_fd;
+} gzip_job_t;
+
+static void *gzip_client_thread(void *p)
+{
+    gzip_job_t *j = p;
+    grpc_init();
+    grpc_arg arg = {.type = GRPC_ARG_INTEGER,
+                    .key = (char *)GRPC_COMPRESSION_CHANNEL_DEFAULT_ALGORITHM,
+                    .value.integer = GRPC_COMPRESS_GZIP};
+    grpc_channel_args ca = {1, &arg};
+    grpc_channel_credentials *cr = grpc_insecure_credentials_create();
+    grpc_channel *ch = grpc_channel_create(target, cr, &ca);
+    grpc_channel_credentials_release(cr);
+    grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+    grpc_call *call = grpc_channel_create_call(
+        ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, grpc_slice_from_static_string(ECHO), NULL,
+        gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(5000, GPR_TIMESPAN)), NULL);
+    grpc_slice body = grpc_slice_from_copied_buffer((const char *)j->req, sizeof j->req);
+    grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&body, 1);
+    grpc_slice_unref(body);
+    grpc_metadata_array imd, tmd;
+    grpc_metadata_array_init(&imd);
+    grpc_metadata_array_init(&tmd);
+    grpc_byte_buffer *recv = NULL;
+    grpc_status_code status = GRPC_STATUS_UNKNOWN;
+    grpc_slice details = grpc_empty_slice();
+    grpc_op ops[6];
+    memset(ops, 0, sizeof ops);
+    ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    ops[1].op = GRPC_OP_SEND_MESSAGE;
+    ops[1].data.send_message.send_message = send;
+    ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+    ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
+    ops[3].data.recv_initial_metadata.recv_initial_metadata = &imd;
+    ops[4].op = GRPC_OP_RECV_MESSAGE;
+    ops[4].data.recv_message.recv_message = &recv;
+    ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+    ops[5].data.recv_status_on_client.trailing_metadata = &tmd;
+    ops[5].data.recv_status_on_client.status = &status;
+    ops[5].data.recv_status_on_client.status_details = &details;
+    int tag = 1;
+    j->status = -1;
+    if (grpc_call_start_batch(call, ops, 6, &tag, NULL) == GRPC_CALL_OK &&
+        grpc_completion_queue_pluck(cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type == GRPC_OP_COMPLETE) {
+        j->status = (int)status;
+        if (recv) {
+            grpc_byte_buffer_reader rd;
+            if (grpc_byte_buffer_reader_init(&rd, recv)) {
+                grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
+                j->same = GRPC_SLICE_LENGTH(all) == sizeof j->req &&
+                          memcmp(GRPC_SLICE_START_PTR(all), j->req, sizeof j->req) == 0;
+                grpc_slice_unref(all);
+                grpc_byte_buffer_reader_destroy(&rd);
+            }
+        }
+    }
+    if (recv)
+        grpc_byte_buffer_destroy(recv);
+    grpc_byte_buffer_destroy(send);
+    grpc_metadata_array_destroy(&imd);
+    grpc_metadata_array_destroy(&tmd);
+    grpc_slice_unref(details);
+    grpc_call_unref(call);
+    grpc_channel_destroy(ch);
+    grpc_completion_queue_shutdown(cq);
+    while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type != GRPC_QUEUE_SHUTDOWN)
+        ;
+    grpc_completion_queue_destroy(cq);
+    grpc_shutdown();
+    ssize_t w = write(j->done_fd, "x", 1);
+    (void)w;
+    return NULL;
+}
+
+Test(grpc_server, compressed_request_is_decoded)
+{
+    echo_count = 0;
+    start_server();
+    static gzip_job_t j;
+    for (size_t i = 0; i < sizeof j.req; i++)
+        j.req[i] = (uint8_t)('a' + (i / 64) % 4); /* compressible */
+    int pfd[2];
+    cr_assert_eq(pipe2(pfd, O_CLOEXEC), 0, "pipe");
+    j.done_fd = pfd[1];
+    pthread_t t;
+    cr_assert_eq(pthread_create(&t, NULL, gzip_client_thread, &j), 0, "pthread_create");
+    event_base_once(base, pfd[0], EV_READ, break_loop, NULL, NULL);
+    event_base_dispatch(base);
+    pthread_join(t, NULL);
+    close(pfd[0]);
+    close(pfd[1]);
+    cr_assert_eq(j.status, GS_OK, "gzip-compressed echo answered %d", j.status);
+    cr_assert_eq(echo_count, 1, "the handler should have run once");
+    cr_assert(j.same, "the echo must carry the uncompressed request back");
+}
+
+/* One message answers many calls, by reference; a message freed right
+ * after its reply still goes out whole. */
+Test(grpc_server, shared_reply_message)
+{
+    start_server();
+    shared_msg = gs_msg_new((const uint8_t *)"shared answer", 13);
+    cr_assert(shared_msg, "gs_msg_new");
+    shared_count = 0;
+    running_t r;
+    run_client_expect(&r, SHARED, 30, 2000, NULL, "shared answer");
+    wait_client(&r);
+    cr_assert_eq(r.job.ok, 30, "%d of 30 calls got the shared answer (last status %d: %s)", r.job.ok,
+                 r.job.last_status, r.job.last_details);
+    gs_msg_free(shared_msg);
+    shared_msg = NULL;
+    cr_assert_eq(gs_reply_msg(NULL, NULL), -EINVAL, "no message, no reply");
+}
+
+/* A unary call a handler holds has nothing outstanding in gRPC core: its
+ * client giving up is learnt only when the reply goes out, which is then
+ * dropped harmlessly, and the call is released. */
+Test(grpc_server, held_unary_call_learns_of_cancel_at_reply)
+{
+    start_server();
+    held_call = NULL;
+    running_t r;
+    run_client(&r, HOLD, 1, 300, NULL);
+    wait_client(&r);
+    cr_assert_eq(r.job.last_status, GS_DEADLINE_EXCEEDED, "the client gave up: %s",
+                 gs_status_name(r.job.last_status));
+    cr_assert(held_call, "the handler holds the call");
+    struct timeval tv = {0, 200 * 1000};
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+    cr_assert_not(gs_call_cancelled(held_call), "nothing tells a held unary call of the cancel before its reply");
+    cr_assert_eq(gs_server_active_calls(srv), 1, "the call is still held");
+    cr_assert_eq(gs_reply(held_call, GS_OK, NULL, (const uint8_t *)"late", 4), 0, "the reply goes out");
+    /* released once the reply's batch failed (by either thread) */
+    for (int i = 0; i < 500 && gs_server_active_calls(srv) > 0; i++) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        usleep(10 * 1000);
+    }
+    cr_assert_eq(gs_server_active_calls(srv), 0, "the call is released once its reply failed");
+    int bound = 2000;
+    event_base_once(base, -1, EV_TIMEOUT, start_drain_cb, &bound, &(struct timeval){0, 0});
+    event_base_dispatch(base);
+    cr_assert_eq(drained_count, 1, "drain did not complete");
+    cr_assert(drained_clean, "nothing was left to cancel");
 }
 
 Test(grpc_server, registration_errors_name_the_input)
