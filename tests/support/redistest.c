@@ -115,8 +115,14 @@ static void log_tail(const redistest_t *r, char *out, size_t len)
     size_t n = fread(buf, 1, sizeof buf - 1, f);
     fclose(f);
     buf[n] = '\0';
-    const char *tail = n > 600 ? buf + n - 600 : buf;
-    snprintf(out, len, "%s", tail);
+    /* the last bytes of the log that fit (at most 600) */
+    size_t keep = n < 600 ? n : 600;
+    if (len && keep > len - 1)
+        keep = len - 1;
+    if (len) {
+        memcpy(out, buf + n - keep, keep);
+        out[keep] = '\0';
+    }
 }
 
 redisContext *redistest_connect(const redistest_t *r)
