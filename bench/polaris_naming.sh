@@ -9,12 +9,13 @@
 #   register   durable registrations (acknowledged after COMMIT)
 #   heartbeat  heartbeat relay to the health worker
 #
-#   bench/polaris_naming.sh [BUILD_DIR] [SECONDS] [CONCURRENCY]
+#   bench/polaris_naming.sh [BUILD_DIR] [SECONDS] [CONCURRENCY] [REGISTER_IN_FLIGHT]
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-$ROOT/build}
 SECS=${2:-10}
 CONC=${3:-32}
+REGC=${4:-512}   # registrations in flight: many SDK clients registering at once
 BIN=$BUILD/bin
 [ -x "$BIN/lodestar-bench" ] || { echo "build first: cmake --build $BUILD (missing $BIN/lodestar-bench)" >&2; exit 1; }
 
@@ -47,7 +48,7 @@ for _ in $(seq 1 600); do
 done
 curl -sf "http://127.0.0.1:$HTTP/healthz" >/dev/null || { tail -30 "$DIR/lodestar.log"; exit 1; }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r); ${SECS}s per run, concurrency $CONC"
+echo "# $(date -u +%FT%TZ) $(nproc) cores, $(uname -r); ${SECS}s per run, concurrency $CONC, $REGC registrations in flight"
 "$BIN/lodestar-bench" preload "127.0.0.1:$GRPC" 1000 10
 sleep 1   # let every gateway replica apply the last changes
 "$BIN/lodestar-bench" discover "127.0.0.1:$GRPC" "$CONC" 2 1000 > /dev/null   # warm the caches
@@ -60,7 +61,7 @@ sleep 0.5
 ECH=$("$BIN/lodestar-bench" echo "127.0.0.1:$ECHO" "$CONC" "$SECS")
 echo "$ECH"
 kill "$EPID"; wait "$EPID" 2>/dev/null || true; EPID=""
-"$BIN/lodestar-bench" register "127.0.0.1:$GRPC" 256 "$SECS"
+"$BIN/lodestar-bench" register "127.0.0.1:$GRPC" "$REGC" "$SECS"
 "$BIN/lodestar-bench" heartbeat "127.0.0.1:$GRPC" "$CONC" "$SECS" 1000 10
 d=$(sed -n 's/.*ops_per_s=\([0-9]*\).*/\1/p' <<<"$DISC"); e=$(sed -n 's/.*ops_per_s=\([0-9]*\).*/\1/p' <<<"$ECH")
 echo "discover/echo ceiling = $(( 100 * d / (e > 0 ? e : 1) ))% (target >= 60%)"

@@ -540,6 +540,40 @@ Test(naming_ops, batch_response)
     cr_assert_str_eq(b->responses[1]->instance->id->value, other, "a failed item echoes the request with its id");
 }
 
+/* An answer shows what its own request produced: when a later request of
+ * the same batch changed the instance again, the earlier one's answer is
+ * built from its own state (with the committed times), not from the
+ * model's (newer) one. */
+Test(naming_ops, batch_response_of_an_instance_changed_again_in_the_batch)
+{
+    nm_result_t r1[1] = {0}, r2[1] = {0};
+    V1__Instance *a = inst("default", "echo", "h", 1);
+    a->weight = U(3);
+    Lodestar__NamingWriteRequest *q1 = ireq(REG, &a, 1);
+    cr_assert(nm_ops_eval(M, &OV, &CFG, q1, r1));
+    V1__Instance *b = inst("default", "echo", "h", 1);
+    b->weight = U(9);
+    Lodestar__NamingWriteRequest *q2 = ireq(UPDATE, &b, 1);
+    cr_assert(nm_ops_eval(M, &OV, &CFG, q2, r2));
+    commit();
+    char id[41];
+    id_of("default", "echo", "h", 1, id);
+    const nm_instance_t *cur = nm_model_instance(M, id);
+    cr_assert_eq(cur->weight, 9u);
+    char ctime[32];
+    nm_format_time(cur->ctime_ms, ctime);
+    V1__BatchWriteResponse *o1 = nm_batch_response(&A, M, q1, r1, 1);
+    V1__BatchWriteResponse *o2 = nm_batch_response(&A, M, q2, r2, 1);
+    cr_assert_eq(o1->responses[0]->instance->weight->value, 3u, "the registration's own state");
+    cr_assert_str_neq(o1->responses[0]->instance->revision->value, cur->revision);
+    cr_assert_str_eq(o1->responses[0]->instance->ctime->value, ctime, "with the committed times");
+    cr_assert_eq(o2->responses[0]->instance->weight->value, 9u);
+    cr_assert_str_eq(o2->responses[0]->instance->revision->value, cur->revision);
+    cr_assert_str_eq(o2->responses[0]->instance->ctime->value, ctime);
+    nm_result_clear(&r1[0]);
+    nm_result_clear(&r2[0]);
+}
+
 /* ------------------------------------------------------------------ queries */
 
 static Lodestar__NamingQueryRequest *query(int kind, const char *const *kv)

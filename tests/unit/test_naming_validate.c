@@ -407,6 +407,25 @@ Test(naming_validate, instance_id_is_explicit_or_computed)
     nm_item_instance_id(in, id);
     naming_instance_id("default", "echo", "vpc-1", "10.0.0.1", 8080, want);
     cr_assert_str_eq(id, want, "the vpc id is part of the computed id");
+    in->vpc_id = S("");
+    in->port = U(0);
+    nm_item_instance_id(in, id);
+    naming_instance_id("default", "echo", "", "10.0.0.1", 0, want);
+    cr_assert_str_eq(id, want, "an empty vpc id is no vpc id; port 0");
+    /* the worker composes the text itself: it must cut over-long input
+     * exactly where naming_instance_id does (2047 bytes) */
+    in->vpc_id = S(rep("v", 300));
+    in->host = S(rep("h", 900));
+    in->service = S(rep("\xc3\xa9", 450));
+    in->port = U(65535);
+    nm_item_instance_id(in, id);
+    naming_instance_id("default", in->service->value, in->vpc_id->value, in->host->value, 65535, want);
+    cr_assert_str_eq(id, want, "over-long input");
+    in->namespace_ = NULL;
+    in->service = NULL;
+    nm_item_instance_id(in, id);
+    naming_instance_id("", "", in->vpc_id->value, in->host->value, 65535, want);
+    cr_assert_str_eq(id, want, "missing names hash as empty ones");
     in->id = S("my-own-id");
     nm_item_instance_id(in, id);
     cr_assert_str_eq(id, "my-own-id");

@@ -8,9 +8,19 @@
  *    migrations are ordinary queued queries. (libpq resolves host names
  *    synchronously inside PQconnectPoll; give numeric addresses or socket
  *    directories where that matters.)
- *  - One query in flight at a time. Internal queries (the migration steps)
- *    go ahead of the user queue; user queries are sent only while the store
- *    is up, in the order they were queued.
+ *  - Queries are sent in the order they were queued. Internal queries (the
+ *    migration steps) go ahead of the user queue; user queries are sent only
+ *    while the store is up. A plain query (store_query) is sent alone: only
+ *    when nothing else is in flight, and nothing follows it until it
+ *    completed. Prepared queries (store_query_prepared) are pipelined: up
+ *    to STORE_PIPELINE_MAX of them are in flight at once, in libpq pipeline
+ *    mode, each followed by its own Sync (so each is its own implicit
+ *    transaction and a failing one fails alone). Results complete in the
+ *    order the queries were sent; the connection leaves pipeline mode
+ *    before the next plain query.
+ *  - A statement is prepared on a connection the first time a query names
+ *    it (the Prepare travels in the same pipeline segment as that query);
+ *    the set of prepared names is forgotten with the connection.
  *  - Every callback may re-enter the store (queue a query, free the store).
  *    Code that runs a callback checks st->freeing right after and unwinds
  *    without touching the connection; the memory itself is released when
@@ -39,6 +49,7 @@
 #define STORE_DEFAULT_CONNECT_TIMEOUT_MS 5000
 #define STORE_DEFAULT_BACKOFF_MAX_MS 5000
 #define STORE_DEFAULT_QUERY_TIMEOUT_MS 30000
+#define STORE_PIPELINE_MAX 32
 
 enum store_state {
     ST_WAITING,    /* no connection; ev_timer starts the next attempt */
@@ -56,6 +67,11 @@ typedef struct sq {
     char *sql;
     int nparams;
     char **params;
+    int *lengths;       /* prepared query: byte length of each parameter */
+    int *formats;       /* prepared query: 0 text, 1 binary */
+    char *stmt;         /* prepared statement name; NULL for a plain query */
+    bool prepares;      /* in flight: the statement's Prepare went out with it */
+    int ends;           /* in flight: end-of-command markers seen so far */
     bool internal;      /* a migration step: done runs, cb is NULL */
     store_result_cb cb; /* user query; may be NULL */
     void *arg;
@@ -86,7 +102,12 @@ struct store {
 
     sq_t *uhead, *utail; /* user queue */
     sq_t *ihead, *itail; /* internal queue */
-    sq_t *inflight;
+    sq_t *inflight;      /* the oldest query in flight (the one results belong to) */
+    sq_t *inflight_tail; /* the newest; queries in flight are linked through next */
+    int n_inflight;
+    bool pipeline;       /* the connection is in libpq pipeline mode */
+    char **prepared;     /* statement names prepared (or being prepared) on this connection */
+    int n_prepared;
     PGresult *last;   /* last result of the query in flight */
     char *qerr;       /* first error of the query in flight */
     bool unsupported; /* the query in flight started COPY: drop the connection */
@@ -189,6 +210,9 @@ static void sq_free(sq_t *q)
     for (int i = 0; i < q->nparams; i++)
         free(q->params[i]);
     free(q->params);
+    free(q->lengths);
+    free(q->formats);
+    free(q->stmt);
     free(q->sql);
     free(q);
 }
@@ -218,6 +242,44 @@ fail:
     return NULL;
 }
 
+/* A prepared query's entry: parameters copied with their lengths (binary
+ * ones may hold NUL bytes). */
+static sq_t *sq_new_prepared(const store_t *st, const char *name, const char *sql, int nparams,
+                             const char *const *values, const int *lengths, const int *formats)
+{
+    sq_t *q = sq_new(st, sql, 0, NULL);
+    if (!q)
+        return NULL;
+    q->stmt = strdup(name);
+    if (!q->stmt)
+        goto fail;
+    if (nparams > 0) {
+        q->params = calloc((size_t)nparams, sizeof *q->params);
+        q->lengths = calloc((size_t)nparams, sizeof *q->lengths);
+        q->formats = calloc((size_t)nparams, sizeof *q->formats);
+        if (!q->params || !q->lengths || !q->formats)
+            goto fail;
+        q->nparams = nparams;
+        for (int i = 0; i < nparams; i++) {
+            if (!values || !values[i])
+                continue;
+            bool binary = formats && formats[i] == 1;
+            size_t len = binary ? (size_t)(lengths ? lengths[i] : 0) : strlen(values[i]);
+            q->params[i] = malloc(len + 1);
+            if (!q->params[i])
+                goto fail;
+            memcpy(q->params[i], values[i], len);
+            q->params[i][len] = '\0';
+            q->lengths[i] = (int)len;
+            q->formats[i] = binary ? 1 : 0;
+        }
+    }
+    return q;
+fail:
+    sq_free(q);
+    return NULL;
+}
+
 static void queue_push(sq_t **head, sq_t **tail, sq_t *q)
 {
     q->next = NULL;
@@ -235,6 +297,30 @@ static sq_t *queue_pop(sq_t **head, sq_t **tail)
         *head = q->next;
         if (!*head)
             *tail = NULL;
+        q->next = NULL;
+    }
+    return q;
+}
+
+static void inflight_push(store_t *st, sq_t *q)
+{
+    q->next = NULL;
+    if (st->inflight_tail)
+        st->inflight_tail->next = q;
+    else
+        st->inflight = q;
+    st->inflight_tail = q;
+    st->n_inflight++;
+}
+
+static sq_t *inflight_pop(store_t *st)
+{
+    sq_t *q = st->inflight;
+    if (q) {
+        st->inflight = q->next;
+        if (!st->inflight)
+            st->inflight_tail = NULL;
+        st->n_inflight--;
         q->next = NULL;
     }
     return q;
@@ -332,8 +418,36 @@ static void clear_inflight_results(store_t *st)
     st->fatal = false;
 }
 
+static bool is_prepared(const store_t *st, const char *name)
+{
+    for (int i = 0; i < st->n_prepared; i++)
+        if (strcmp(st->prepared[i], name) == 0)
+            return true;
+    return false;
+}
+
+static void forget_prepared(store_t *st, const char *name)
+{
+    for (int i = 0; i < st->n_prepared; i++)
+        if (strcmp(st->prepared[i], name) == 0) {
+            free(st->prepared[i]);
+            st->prepared[i] = st->prepared[--st->n_prepared];
+            return;
+        }
+}
+
+static void forget_all_prepared(store_t *st)
+{
+    for (int i = 0; i < st->n_prepared; i++)
+        free(st->prepared[i]);
+    free(st->prepared);
+    st->prepared = NULL;
+    st->n_prepared = 0;
+}
+
 /* Drop the connection and everything tied to it; no callbacks run here.
- * The query in flight (if any) is returned to the caller to fail. */
+ * The user queries in flight (if any) are returned, oldest first and
+ * linked through next, to the caller to fail. */
 static sq_t *close_conn(store_t *st)
 {
     free_event(&st->ev_conn);
@@ -353,13 +467,38 @@ static sq_t *close_conn(store_t *st)
     st->applied = NULL;
     st->n_applied = 0;
     st->mig_idx = 0;
-    q = st->inflight;
-    st->inflight = NULL;
-    if (q && q->internal) {
-        sq_free(q);
-        q = NULL;
+    forget_all_prepared(st);
+    st->pipeline = false;
+    sq_t *head = NULL, **tail = &head;
+    while ((q = inflight_pop(st))) {
+        if (q->internal) {
+            sq_free(q);
+            continue;
+        }
+        *tail = q;
+        tail = &q->next;
     }
-    return q;
+    return head;
+}
+
+/* Fail the queries close_conn returned. Returns false when a callback freed
+ * the store; the rest are then released without callbacks. */
+static bool fail_list(store_t *st, sq_t *q, int status, const char *why)
+{
+    while (q) {
+        sq_t *next = q->next;
+        q->next = NULL;
+        if (!deliver(st, q, status, NULL, why)) {
+            while (next) {
+                sq_t *n = next->next;
+                sq_free(next);
+                next = n;
+            }
+            return false;
+        }
+        q = next;
+    }
+    return true;
 }
 
 /* Start the backoff timer; returns the delay used. The delay doubles on
@@ -385,7 +524,7 @@ static void conn_failed(store_t *st, int status, const char *why, int level)
     sq_t *q = close_conn(st);
     int delay = schedule_reconnect(st);
     log_write(repeat ? LOG_LVL_INFO : level, "store (%s): %s; retrying in %d ms", st->who, why, delay);
-    if (q && !deliver(st, q, status, NULL, why))
+    if (!fail_list(st, q, status, why))
         return;
     report_down(st, why);
 }
@@ -531,36 +670,89 @@ static bool flush_output(store_t *st)
     return true;
 }
 
-/* Send the next query if the connection is idle: internal ones first, user
- * ones only once the store is up. */
+/* Send a prepared query into the pipeline (entering pipeline mode when the
+ * connection is idle): its Prepare first when this connection has not seen
+ * the statement yet, then the execution and a Sync. False: libpq refused
+ * (connection error in its message). */
+static bool send_prepared(store_t *st, sq_t *q)
+{
+    if (!st->pipeline) {
+        if (!PQenterPipelineMode(st->conn))
+            return false;
+        st->pipeline = true;
+    }
+    q->prepares = false;
+    q->ends = 0;
+    if (!is_prepared(st, q->stmt)) {
+        char **p = realloc(st->prepared, (size_t)(st->n_prepared + 1) * sizeof *p);
+        char *name = strdup(q->stmt);
+        if (!p || !name) {
+            free(name);
+            if (p)
+                st->prepared = p;
+            return false;
+        }
+        st->prepared = p;
+        if (!PQsendPrepare(st->conn, q->stmt, q->sql, q->nparams, NULL)) {
+            free(name);
+            return false;
+        }
+        st->prepared[st->n_prepared++] = name;
+        q->prepares = true;
+    }
+    return PQsendQueryPrepared(st->conn, q->stmt, q->nparams, (const char *const *)q->params, q->lengths,
+                               q->formats, 0) &&
+           PQpipelineSync(st->conn);
+}
+
+/* Send what may go now: internal queries first, user ones only once the
+ * store is up. A plain query waits until nothing is in flight (and takes
+ * the connection out of pipeline mode); prepared queries join the pipeline
+ * up to STORE_PIPELINE_MAX. */
 static void pump(store_t *st)
 {
-    while (!st->freeing && st->conn && !st->inflight && (st->state == ST_MIGRATING || st->state == ST_UP)) {
-        sq_t *q = queue_pop(&st->ihead, &st->itail);
-        if (!q && st->state == ST_UP)
-            q = queue_pop(&st->uhead, &st->utail);
-        if (!q)
-            return;
-        int ok = q->nparams == 0
+    bool sent = false;
+    while (!st->freeing && st->conn && (st->state == ST_MIGRATING || st->state == ST_UP)) {
+        sq_t **head = st->ihead ? &st->ihead : st->state == ST_UP && st->uhead ? &st->uhead : NULL;
+        if (!head)
+            break;
+        sq_t *q = *head;
+        bool pipelined = q->stmt && !q->internal;
+        if (st->inflight && (!pipelined || !st->inflight->stmt || st->n_inflight >= STORE_PIPELINE_MAX))
+            break;
+        if (!pipelined && st->pipeline) {
+            if (!PQexitPipelineMode(st->conn)) {
+                conn_lost(st);
+                return;
+            }
+            st->pipeline = false;
+        }
+        q = head == &st->ihead ? queue_pop(&st->ihead, &st->itail) : queue_pop(&st->uhead, &st->utail);
+        int ok = pipelined ? send_prepared(st, q)
+                 : q->nparams == 0
                      ? PQsendQuery(st->conn, q->sql)
                      : PQsendQueryParams(st->conn, q->sql, q->nparams, NULL, (const char *const *)q->params,
                                          NULL, NULL, 0);
-        st->inflight = q;
         if (!ok) {
-            if (PQstatus(st->conn) == CONNECTION_BAD) {
+            if (PQstatus(st->conn) == CONNECTION_BAD || pipelined) {
+                /* a half-sent pipeline entry cannot be taken back */
+                inflight_push(st, q);
                 conn_lost(st);
                 return;
             }
             char buf[512];
             conn_error(st, buf, sizeof buf);
-            st->inflight = NULL;
             if (!deliver(st, q, -EIO, NULL, buf))
                 return;
             continue;
         }
-        flush_output(st);
-        return;
+        inflight_push(st, q);
+        sent = true;
+        if (!pipelined)
+            break;
     }
+    if (sent && !st->freeing && st->conn)
+        flush_output(st);
 }
 
 /* The query in flight returned all its results. */
@@ -578,8 +770,7 @@ static void complete(store_t *st)
         conn_failed(st, -ECONNRESET, why, LOG_LVL_WARN);
         return;
     }
-    sq_t *q = st->inflight;
-    st->inflight = NULL;
+    sq_t *q = inflight_pop(st);
     PGresult *res = st->last;
     char *err = st->qerr;
     bool unsupported = st->unsupported;
@@ -626,6 +817,11 @@ static void take_result(store_t *st, PGresult *r)
         if (!st->qerr)
             st->qerr = strdup("empty query");
         break;
+    case PGRES_PIPELINE_ABORTED:
+        /* the statement's Prepare failed; its error came first */
+        if (!st->qerr)
+            st->qerr = strdup("not executed: an earlier step of the query failed");
+        break;
     default: {
         const char *sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
         if (sev && (strcmp(sev, "FATAL") == 0 || strcmp(sev, "PANIC") == 0) && !st->fatal) {
@@ -662,11 +858,28 @@ static void handle_input(store_t *st)
             complete(st);
             continue;
         }
+        sq_t *q = st->inflight;
         PGresult *r = PQgetResult(st->conn);
-        if (!r)
+        if (!q->stmt) {
+            if (!r)
+                complete(st);
+            else
+                take_result(st, r);
+            continue;
+        }
+        /* a pipelined query: [Prepare result, end,] execution results, end,
+         * then its Sync */
+        if (!r) {
+            if (q->ends++ == 0 && q->prepares && st->qerr)
+                forget_prepared(st, q->stmt); /* the Prepare itself failed */
+            continue;
+        }
+        if (PQresultStatus(r) == PGRES_PIPELINE_SYNC) {
+            PQclear(r);
             complete(st);
-        else
-            take_result(st, r);
+            continue;
+        }
+        take_result(st, r);
     }
 }
 
@@ -952,6 +1165,30 @@ store_t *store_new(struct event_base *base, const store_options_t *opt, store_st
     return st;
 }
 
+int store_query_prepared(store_t *st, const char *name, const char *sql, int nparams, const char *const *values,
+                         const int *lengths, const int *formats, store_result_cb cb, void *arg)
+{
+    if (!st || st->freeing)
+        return -1;
+    if (!name || !*name || !sql || nparams < 0) {
+        log_error("store (%s): store_query_prepared called without a name or SQL, or with a negative parameter count",
+                  st->who);
+        return -1;
+    }
+    sq_t *q = sq_new_prepared(st, name, sql, nparams, values, lengths, formats);
+    if (!q) {
+        log_error("store (%s): out of memory queueing prepared statement %s", st->who, name);
+        return -1;
+    }
+    q->cb = cb;
+    q->arg = arg;
+    enter(st);
+    queue_push(&st->uhead, &st->utail, q);
+    event_active(st->ev_kick, EV_TIMEOUT, 0);
+    leave(st);
+    return 0;
+}
+
 int store_query(store_t *st, const char *sql, int nparams, const char *const *params, store_result_cb cb,
                 void *arg)
 {
@@ -990,8 +1227,12 @@ void store_free(store_t *st)
     evtimer_del(st->ev_deadline);
     event_del(st->ev_kick);
     sq_t *q = close_conn(st);
-    if (q)
+    while (q) {
+        sq_t *next = q->next;
+        q->next = NULL;
         deliver(st, q, -ECANCELED, NULL, "store freed");
+        q = next;
+    }
     while ((q = queue_pop(&st->uhead, &st->utail)))
         deliver(st, q, -ECANCELED, NULL, "store freed");
     leave(st);

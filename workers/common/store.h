@@ -3,7 +3,8 @@
  *
  * One libpq connection per store_t, in non-blocking mode, driven by the
  * worker's libevent loop (PQconnectStart/PQconnectPoll, PQsendQueryParams,
- * PQsocket). Queries queue and run in order. On start (and after every
+ * PQsocket). Queries queue and run in order; prepared queries are
+ * pipelined (several in flight, each its own transaction). On start (and after every
  * reconnect) the store applies the versioned migrations embedded from
  * deploy/sql/NNNN_name.sql under a PostgreSQL advisory lock, so several nodes may
  * start at once; only then does it report itself up.
@@ -49,6 +50,19 @@ store_t *store_new(struct event_base *base, const store_options_t *opt, store_st
  * called). */
 int store_query(store_t *st, const char *sql, int nparams, const char *const *params, store_result_cb cb,
                 void *arg);
+/* Queue one SQL statement to run as the prepared statement `name`: prepared
+ * on each connection the first time it is used there (every use of a name
+ * must pass the same SQL), then executed with parameters in text
+ * (formats NULL, or formats[i] 0: NUL-terminated) or binary (formats[i] 1:
+ * lengths[i] bytes, PostgreSQL's binary form of the parameter's type; the
+ * SQL must cast the parameter, as in $1::int4[]). Unlike store_query, such
+ * queries do not wait for each other: up to 32 are in flight at once, each
+ * in its own implicit transaction, so one that fails does not affect the
+ * ones sent after it. Results still come back, and callbacks run, in queue
+ * order; a store_query queued behind them waits until they completed.
+ * Same return values and callback contract as store_query. */
+int store_query_prepared(store_t *st, const char *name, const char *sql, int nparams, const char *const *values,
+                         const int *lengths, const int *formats, store_result_cb cb, void *arg);
 bool store_is_up(const store_t *st);
 /* Highest migration version applied (0 before the first successful start). */
 int store_schema_version(const store_t *st);

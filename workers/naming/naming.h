@@ -7,11 +7,13 @@
  *                  start-up load, own commits, other nodes' changes) by
  *                  row_version; content revisions; counts
  *   nm_pb.c        model -> protobuf (arena-allocated), Polaris time format
- *   nm_rows.c      the JSON form of rows (what SQL returns and takes)
+ *   nm_rows.c      rows as SQL returns them (JSON) and takes them (binary
+ *                  column arrays)
  *   nm_validate.c  static checks of a NamingWriteRequest with Polaris codes
  *   nm_ops.c       evaluation of write requests against model + pending batch
  *   nm_query.c     NamingQueryRequest (Polaris OpenAPI filters) over the model
- *   naming_batch.c the write queue and the one-transaction-per-batch flusher
+ *   naming_batch.c the write queue and the batches (one transaction each,
+ *                  several in flight on the store's pipeline)
  *   naming_sync.c  start-up load, resync after reconnect, polling other nodes'
  *                  changes, hard delete of old soft-deleted rows
  *   naming_worker.c the worker_domain_t hooks, IPC dispatch, snapshots and
@@ -34,6 +36,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <uthash.h>
 
@@ -130,6 +133,15 @@ static inline bool nm_code_ok(uint32_t code) { return code >= 200000 && code < 3
 void nm_oom(void) __attribute__((noreturn));
 void *nm_xcalloc(size_t n, size_t size);
 char *nm_xstrdup(const char *s); /* NULL -> "" */
+/* The strings of model objects and rows (nm_instance_t, nm_service_t,
+ * nm_namespace_t fields): "" is the one shared nm_empty_str (most optional
+ * fields are empty, and each would be an allocation), anything else a heap
+ * copy. They are made, replaced and freed only through these; never
+ * written through. */
+extern char nm_empty_str[1];
+char *nm_str_dup(const char *s); /* NULL -> "" */
+void nm_str_free(char *s);
+void nm_str_set(char **dst, const char *s);
 /* 32 lowercase hex characters from the kernel's random source (ids, tokens). */
 void nm_random_hex(char out[33]);
 
@@ -143,6 +155,9 @@ void nm_arena_init(nm_arena_t *a, size_t chunk);
 void *nm_arena_alloc(nm_arena_t *a, size_t n); /* zeroed, max-aligned */
 char *nm_arena_strdup(nm_arena_t *a, const char *s);
 void nm_arena_free(nm_arena_t *a);
+/* Drop everything allocated but keep the largest chunk for reuse (an arena
+ * used over and over, for one reply or publication at a time). */
+void nm_arena_reset(nm_arena_t *a);
 
 /* ------------------------------------------------------------------- model */
 
@@ -186,6 +201,7 @@ typedef struct nm_instance {
     int64_t ctime_ms, mtime_ms, row_version;
     bool deleted;
     char revision[NAMING_HEX_LEN + 1];
+    unsigned char digest[NAMING_HEX_LEN / 2]; /* revision in binary */
 
     /* model only */
     nm_service_t *svc;
@@ -211,7 +227,8 @@ struct nm_service {
     bool unsorted;          /* instances (hh_svc order) are not in id order */
     uint64_t pub_seq;       /* seq of its last published state; 0: none yet (the next one is full) */
     nm_instance_t *instances;
-    uint32_t n_instances, n_healthy;
+    uint32_t n_instances, n_healthy;          /* kept up to date by every instance change */
+    unsigned char agg[NAMING_HEX_LEN / 2];    /* XOR of its instances' digests, likewise */
     char revision[NAMING_HEX_LEN + 1];
     bool seen;
     UT_hash_handle hh;
@@ -232,9 +249,9 @@ typedef struct nm_namespace {
 /* An instance a touched service gained, changed or lost since its last
  * publication (the content of a delta push). */
 typedef struct nm_touch_inst {
-    char *id;
     bool removed;
     UT_hash_handle hh;
+    char id[]; /* allocated with the entry */
 } nm_touch_inst_t;
 
 typedef struct nm_touch {
@@ -258,6 +275,15 @@ void nm_model_free(nm_model_t *m);
 
 /* "ns\x1fname" (malloc'd). */
 char *nm_service_key(const char *ns, const char *name);
+/* The same in buf when it fits (lookups), else malloc'd; release it with
+ * nm_service_key_release. */
+#define NM_KEY_BUF 512
+char *nm_service_key_in(const char *ns, const char *name, char buf[NM_KEY_BUF]);
+static inline void nm_service_key_release(char *key, const char *buf)
+{
+    if (key != buf)
+        free(key);
+}
 
 nm_instance_t *nm_instance_new(void);   /* every string "" */
 nm_instance_t *nm_instance_dup(const nm_instance_t *in);
@@ -269,11 +295,28 @@ nm_namespace_t *nm_namespace_new(const char *name);
 nm_namespace_t *nm_namespace_dup(const nm_namespace_t *ns);
 void nm_namespace_free(nm_namespace_t *ns);
 
+/* The digest revisions are made of: the same SHA-1 over length-prefixed
+ * runs as naming_digest_* (common/naming_id.h), with the runs gathered in
+ * one buffer and hashed at once. init, add any number of runs, finish
+ * (hex, and the 20 bytes when bin is not NULL). */
+typedef struct nm_digest {
+    unsigned char *p;
+    size_t len, cap;
+    unsigned char inline_buf[1024];
+} nm_digest_t;
+void nm_digest_init(nm_digest_t *d);
+void nm_digest_add(nm_digest_t *d, const void *data, size_t len);
+void nm_digest_add_str(nm_digest_t *d, const char *s); /* NULL hashes like "" */
+void nm_digest_finish(nm_digest_t *d, char hex[NAMING_HEX_LEN + 1], unsigned char bin[NAMING_HEX_LEN / 2]);
+/* Plain SHA-1 of len bytes in hex. */
+void nm_sha1_hex(const void *data, size_t len, char out[NAMING_HEX_LEN + 1]);
+
 /* Content revisions. */
-void nm_instance_revision(nm_instance_t *in);   /* sets in->revision */
+void nm_instance_revision(nm_instance_t *in);   /* sets in->revision and in->digest */
 void nm_namespace_revision(nm_namespace_t *ns); /* sets ns->revision */
-/* Recomputes counts and revision of a model service from its fields and
- * its instances' revisions in id order. */
+/* Recomputes the revision of a model service from its fields and the
+ * instance aggregate (count and XOR of digests) that every instance change
+ * keeps current: O(1), whatever the number of instances. */
 void nm_service_refresh(nm_service_t *s);
 /* Put a service's instances (hh_svc order) in id order, if they are not. */
 void nm_service_sort(nm_service_t *s);
@@ -284,6 +327,9 @@ void nm_service_sort(nm_service_t *s);
 int nm_model_apply_namespace(nm_model_t *m, nm_namespace_t *row);
 int nm_model_apply_service(nm_model_t *m, nm_service_t *row);
 int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row);
+/* The same for a row whose revision (and digest) is current: computed by
+ * nm_instance_revision after its last change (overlay rows, parsed rows). */
+int nm_model_apply_instance_hashed(nm_model_t *m, nm_instance_t *row);
 /* Recompute revisions and counts of touched services. */
 void nm_model_finish(nm_model_t *m);
 /* Drop the touched set (after publication). */
@@ -331,7 +377,7 @@ enum nm_row_kind { NM_ROW_NAMESPACE = 1, NM_ROW_SERVICE = 2, NM_ROW_INSTANCE = 3
 
 /* SQL: one row of table alias t as the JSON text nm_row_parse reads. */
 #define NM_SQL_ROW_JSON                                                                                                \
-    "(to_jsonb(t) - 'txid' - 'ctime' - 'mtime' || jsonb_build_object("                                                 \
+    "(to_jsonb(t) - 'txid' - 'writer' - 'ctime' - 'mtime' || jsonb_build_object("                                      \
     "'ctime_ms', (extract(epoch FROM t.ctime) * 1000)::bigint, "                                                       \
     "'mtime_ms', (extract(epoch FROM t.mtime) * 1000)::bigint))::text"
 
@@ -340,11 +386,22 @@ enum nm_row_kind { NM_ROW_NAMESPACE = 1, NM_ROW_SERVICE = 2, NM_ROW_INSTANCE = 3
  * Returns 0 and *out (a new nm_namespace_t / nm_service_t / nm_instance_t),
  * or -EINVAL with the reason in err. */
 int nm_row_parse(int kind, const char *json, void **out, char *err, size_t errlen);
-/* JSON object (jansson json_t *, returned as void * to keep jansson out of
- * this header) of a row to write, keys = column names. */
-void *nm_row_json_namespace(const nm_namespace_t *ns);
-void *nm_row_json_service(const nm_service_t *s);
-void *nm_row_json_instance(const nm_instance_t *in);
+/* The columns a write sends for a kind of row: how many, the i-th one's
+ * name and its PostgreSQL type name ("text", "int4", ...). */
+size_t nm_row_ncols(int kind);
+const char *nm_row_col(int kind, size_t i);
+const char *nm_row_coltype(int kind, size_t i);
+/* Rows of one kind to write, as one PostgreSQL binary array per column
+ * (parameter format 1, type <coltype>[]): add rows (nm_namespace_t /
+ * nm_service_t / nm_instance_t of that kind) in order, then take each
+ * column's parameter. */
+typedef struct nm_rowset nm_rowset_t;
+nm_rowset_t *nm_rowset_new(int kind);
+void nm_rowset_add(nm_rowset_t *rs, const void *row);
+size_t nm_rowset_count(const nm_rowset_t *rs);
+/* Column i's bytes (valid until the next add or the free); *len its length. */
+const char *nm_rowset_param(nm_rowset_t *rs, size_t i, int *len);
+void nm_rowset_free(nm_rowset_t *rs);
 
 /* -------------------------------------------------------------- validation */
 
@@ -402,13 +459,25 @@ void nm_result_clear(nm_result_t *r);
  * (INSTANCE_SET_HEALTH excepted: an unknown instance fails alone). */
 bool nm_ops_eval(const nm_model_t *m, nm_overlay_t *ov, const cfg_naming_worker_t *cfg,
                  const Lodestar__NamingWriteRequest *req, nm_result_t *res);
+/* The same while earlier batches are still on their way to PostgreSQL
+ * (pending[0..npending), their overlays): a request that reads a row one
+ * of them writes (or scans: by host, instance counts, a namespace's
+ * services, while any is pending) depends on whether that batch commits,
+ * so it is not evaluated now: NM_EVAL_BLOCKED, res[] cleared, ov
+ * untouched. Otherwise the model alone holds what the request reads, and
+ * the outcome is that of nm_ops_eval. */
+typedef enum nm_eval { NM_EVAL_FAILED, NM_EVAL_OK, NM_EVAL_BLOCKED } nm_eval_t;
+nm_eval_t nm_ops_eval_pending(const nm_model_t *m, nm_overlay_t *ov, const nm_overlay_t *const *pending,
+                              size_t npending, const cfg_naming_worker_t *cfg,
+                              const Lodestar__NamingWriteRequest *req, nm_result_t *res);
 /* After some items failed (code set, not 2xx): every other item gets
  * 400000 "batch rejected: item <first failing index> invalid". */
 void nm_results_reject_rest(nm_result_t *res, size_t n);
-/* The BatchWriteResponse of a request (arena-allocated). Its code is the
- * first failing item's own code (not the 400000 of items rejected along
- * with it), or 200000. */
-struct V1__BatchWriteResponse *nm_batch_response(nm_arena_t *a, const nm_model_t *m,
+/* The BatchWriteResponse of a request (arena-allocated; it may also point
+ * into model instances' cached messages, so pack it before the model
+ * changes). Its code is the first failing item's own code (not the 400000
+ * of items rejected along with it), or 200000. */
+struct V1__BatchWriteResponse *nm_batch_response(nm_arena_t *a, nm_model_t *m,
                                                  const Lodestar__NamingWriteRequest *req, nm_result_t *res,
                                                  size_t n);
 /* A whole-request answer (EmptyRequest, BatchSizeOverLimit, ...) without items. */
@@ -431,12 +500,14 @@ typedef struct nm_parked nm_parked_t;
 typedef struct nm_state {
     struct worker *w;
     cfg_naming_worker_t cfg;
+    char writer[24];            /* this process's writer column value (0004_naming_writer.sql), decimal */
     nm_model_t *model;
     bool loaded;                /* the first full load finished: requests are served */
     nm_batcher_t *batcher;
     nm_sync_t *sync;
     nm_parked_t *parked;        /* requests that arrived before the first load */
     nm_parked_t **parked_tail;
+    nm_arena_t scratch;         /* for one reply or publication at a time (reset after each) */
 } nm_state_t;
 
 /* naming_worker.c: publish NamingChange for m->touched (and the namespace
@@ -448,9 +519,9 @@ void nm_loaded(nm_state_t *st);
 /* naming_batch.c */
 nm_batcher_t *nm_batcher_new(nm_state_t *st);
 void nm_batcher_free(nm_batcher_t *b);
-/* Take a write request (copied); answers it later on conn. */
-void nm_batcher_submit(nm_batcher_t *b, ipc_conn_t *conn, uint64_t request_id,
-                       const Lodestar__NamingWriteRequest *req);
+/* Take a write request (ownership passes: freed with
+ * lodestar__naming_write_request__free_unpacked); answers it later on conn. */
+void nm_batcher_submit(nm_batcher_t *b, ipc_conn_t *conn, uint64_t request_id, Lodestar__NamingWriteRequest *req);
 /* The connection closed: drop answers owed to it. */
 void nm_batcher_forget_conn(nm_batcher_t *b, ipc_conn_t *conn);
 /* Commit everything queued as soon as possible; done() when the queue is

@@ -1,6 +1,9 @@
 /*
  * naming_sync.c: keeping the model equal to PostgreSQL.
  *
+ *  - Queries are prepared statements (store_query_prepared), so they ride
+ *    the store's pipeline between the write batches; the cleanup, several
+ *    statements in one, is a plain query.
  *  - Start-up: once the store is up (connected and migrated), one query
  *    reads every live row of the three naming tables, the snapshot's xmin
  *    and the version sequence's high-water mark; the model is built from
@@ -12,6 +15,11 @@
  *    that snapshot's xmin, so a later poll reads its rows once it
  *    committed; rows read again are ignored by row_version. Rows from other
  *    nodes then update the model and are published like local ones.
+ *    Rows this worker wrote (writer = its writer number) are skipped: it
+ *    applied them when their batch committed, and the poll's result comes
+ *    after the results of every batch sent before it (one connection, in
+ *    order). A batch whose outcome was lost with the connection is covered
+ *    by the resync that follows every reconnect.
  *  - Resync: after the store reconnects, the full load runs again with
  *    mark-and-sweep, so whatever was deleted meanwhile (even hard-deleted)
  *    leaves the model too.
@@ -48,11 +56,12 @@ static const char SQL_LOAD[] =
     "UNION ALL SELECT 2, " NM_SQL_ROW_JSON " FROM lodestar_service t WHERE NOT t.deleted "
     "UNION ALL SELECT 3, " NM_SQL_ROW_JSON " FROM lodestar_instance t WHERE NOT t.deleted";
 
+/* $2: this worker's writer number; its own rows are in the model already. */
 static const char SQL_POLL[] =
     "SELECT 0, pg_snapshot_xmin(pg_current_snapshot())::text "
-    "UNION ALL SELECT 1, " NM_SQL_ROW_JSON " FROM lodestar_namespace t WHERE t.txid >= $1::xid8 "
-    "UNION ALL SELECT 2, " NM_SQL_ROW_JSON " FROM lodestar_service t WHERE t.txid >= $1::xid8 "
-    "UNION ALL SELECT 3, " NM_SQL_ROW_JSON " FROM lodestar_instance t WHERE t.txid >= $1::xid8";
+    "UNION ALL SELECT 1, " NM_SQL_ROW_JSON " FROM lodestar_namespace t WHERE t.txid >= $1::xid8 AND t.writer <> $2::bigint "
+    "UNION ALL SELECT 2, " NM_SQL_ROW_JSON " FROM lodestar_service t WHERE t.txid >= $1::xid8 AND t.writer <> $2::bigint "
+    "UNION ALL SELECT 3, " NM_SQL_ROW_JSON " FROM lodestar_instance t WHERE t.txid >= $1::xid8 AND t.writer <> $2::bigint";
 
 static const char SQL_NEXTVAL[] = "SELECT nextval('lodestar_naming_version')";
 
@@ -106,7 +115,7 @@ static int apply_rows(struct nm_sync *s, PGresult *res, char *xmin, size_t xminl
         else if (kind == NM_ROW_SERVICE)
             nm_model_apply_service(m, row);
         else
-            nm_model_apply_instance(m, row);
+            nm_model_apply_instance_hashed(m, row); /* nm_row_parse hashed it */
     }
     return bad;
 }
@@ -158,7 +167,7 @@ static void start_load(struct nm_sync *s)
     if (s->busy || !s->store_up)
         return;
     s->busy = true;
-    if (store_query(s->st->w->store, SQL_LOAD, 0, NULL, on_load, s) < 0)
+    if (store_query_prepared(s->st->w->store, "naming_load", SQL_LOAD, 0, NULL, NULL, NULL, on_load, s) < 0)
         s->busy = false;
 }
 
@@ -199,9 +208,9 @@ static void on_poll(evutil_socket_t fd, short what, void *arg)
         start_load(s);
         return;
     }
-    const char *params[1] = {s->xmin};
+    const char *params[2] = {s->xmin, s->st->writer};
     s->busy = true;
-    if (store_query(s->st->w->store, SQL_POLL, 1, params, on_poll_result, s) < 0)
+    if (store_query_prepared(s->st->w->store, "naming_poll", SQL_POLL, 2, params, NULL, NULL, on_poll_result, s) < 0)
         s->busy = false;
 }
 
@@ -229,7 +238,7 @@ void nm_sync_publish_remote(struct nm_sync *s)
     if (s->nextval_busy)
         return;
     s->nextval_busy = true;
-    if (store_query(s->st->w->store, SQL_NEXTVAL, 0, NULL, on_nextval, s) < 0)
+    if (store_query_prepared(s->st->w->store, "naming_nextval", SQL_NEXTVAL, 0, NULL, NULL, NULL, on_nextval, s) < 0)
         s->nextval_busy = false;
 }
 

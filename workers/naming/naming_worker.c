@@ -20,6 +20,8 @@
  * commits everything queued before the worker body's store barrier.
  */
 #include <errno.h>
+#include <malloc.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -62,7 +64,7 @@ static Lodestar__NamingServiceState *publish_state(nm_arena_t *a, nm_model_t *m,
     size_t n = HASH_COUNT(t->insts), ni = 0, nr = 0;
     st->instances = nm_arena_alloc(a, (n ? n : 1) * sizeof *st->instances);
     st->removed_ids = nm_arena_alloc(a, (n ? n : 1) * sizeof *st->removed_ids);
-    for (const nm_touch_inst_t *ti = t->insts; ti; ti = ti->hh.next) {
+    for (nm_touch_inst_t *ti = t->insts; ti; ti = ti->hh.next) {
         nm_instance_t *in = ti->removed ? NULL : nm_model_instance(m, ti->id);
         if (in && in->svc == s)
             st->instances[ni++] = nm_instance_cached_pb(in);
@@ -82,8 +84,7 @@ void nm_publish(nm_state_t *st, uint64_t seq)
     size_t n = HASH_COUNT(m->touched);
     if (n == 0 && !m->namespaces_changed)
         return;
-    nm_arena_t a;
-    nm_arena_init(&a, 16384);
+    nm_arena_t *a = &st->scratch;
     Lodestar__NamingChange ch = LODESTAR__NAMING_CHANGE__INIT;
     nm_touch_t **v = nm_xcalloc(n, sizeof *v);
     size_t i = 0;
@@ -91,23 +92,23 @@ void nm_publish(nm_state_t *st, uint64_t seq)
         v[i++] = t;
     qsort(v, n, sizeof *v, cmp_touch);
     ch.n_services = n;
-    ch.services = nm_arena_alloc(&a, n * sizeof *ch.services);
+    ch.services = nm_arena_alloc(a, n * sizeof *ch.services);
     for (i = 0; i < n; i++) {
         nm_service_t *s = nm_model_service(m, v[i]->ns, v[i]->name);
-        ch.services[i] = publish_state(&a, m, s, v[i], seq);
+        ch.services[i] = publish_state(a, m, s, v[i], seq);
         if (s)
             s->pub_seq = seq;
     }
     free(v);
     if (m->namespaces_changed)
-        ch.n_namespaces = nm_pb_namespaces(&a, m, &ch.namespaces);
+        ch.n_namespaces = nm_pb_namespaces(a, m, &ch.namespaces);
     ch.seq = seq;
     Lodestar__Envelope env = LODESTAR__ENVELOPE__INIT;
     env.body_case = LODESTAR__ENVELOPE__BODY_NAMING_CHANGE;
     env.naming_change = &ch;
     if (st->w->server)
         ipc_server_publish(st->w->server, "naming", &env);
-    nm_arena_free(&a);
+    nm_arena_reset(a);
     nm_model_clear_touched(m);
 }
 
@@ -163,9 +164,17 @@ static void answer_query(nm_state_t *st, ipc_conn_t *conn, uint64_t request_id, 
 static void dispatch(nm_state_t *st, ipc_conn_t *conn, uint64_t request_id, Lodestar__Envelope *req)
 {
     switch (req->body_case) {
-    case LODESTAR__ENVELOPE__BODY_NAMING_WRITE_REQUEST:
-        nm_batcher_submit(st->batcher, conn, request_id, req->naming_write_request);
+    case LODESTAR__ENVELOPE__BODY_NAMING_WRITE_REQUEST: {
+        /* the batcher keeps the request until it is answered: detach it
+         * from the envelope, whose owner frees the rest (protobuf-c frees
+         * only the oneof member that is set; a server's frames are decoded
+         * with malloc, never into the IPC frame arena) */
+        Lodestar__NamingWriteRequest *w = req->naming_write_request;
+        req->naming_write_request = NULL;
+        req->body_case = LODESTAR__ENVELOPE__BODY__NOT_SET;
+        nm_batcher_submit(st->batcher, conn, request_id, w);
         return;
+    }
     case LODESTAR__ENVELOPE__BODY_NAMING_QUERY_REQUEST:
         answer_query(st, conn, request_id, req->naming_query_request);
         return;
@@ -252,11 +261,25 @@ static bool naming_ready(worker_t *w)
 
 static int naming_domain_init(worker_t *w)
 {
+    /* Every batch allocates and frees a few megabytes in many pieces; by
+     * default glibc gives the freed top of the heap back to the kernel and
+     * page-faults it in again for the next batch. This process keeps it. */
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
     nm_state_t *st = nm_xcalloc(1, sizeof *st);
     st->w = w;
     st->cfg = w->child->cfg->naming_worker;
     st->model = nm_model_new();
     st->parked_tail = &st->parked;
+    nm_arena_init(&st->scratch, 16384);
+    /* the writer number: random, non-zero, positive (a bigint column) */
+    uint64_t wr = 0;
+    while (wr == 0) {
+        char hex[33];
+        nm_random_hex(hex);
+        wr = strtoull(hex + 16, NULL, 16) >> 1;
+    }
+    snprintf(st->writer, sizeof st->writer, "%llu", (unsigned long long)wr);
     w->domain_state = st;
     st->batcher = nm_batcher_new(st);
     st->sync = nm_sync_new(st);
@@ -280,6 +303,7 @@ static void naming_domain_fini(worker_t *w)
         free(p);
     }
     nm_model_free(st->model);
+    nm_arena_free(&st->scratch);
     free(st);
 }
 

@@ -13,12 +13,15 @@
  * Every applied change records the service in m->touched; nm_model_finish
  * recomputes revisions and counts of those services only.
  */
+#include <endian.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
 
 #include "log.h"
 #include "naming.h"
@@ -45,6 +48,23 @@ char *nm_xstrdup(const char *s)
     if (!d)
         nm_oom();
     return d;
+}
+
+char nm_empty_str[1];
+
+char *nm_str_dup(const char *s) { return !s || !*s ? nm_empty_str : nm_xstrdup(s); }
+
+void nm_str_free(char *s)
+{
+    if (s != nm_empty_str)
+        free(s);
+}
+
+void nm_str_set(char **dst, const char *s)
+{
+    char *old = *dst;
+    *dst = nm_str_dup(s);
+    nm_str_free(old);
 }
 
 void nm_random_hex(char out[33])
@@ -115,6 +135,22 @@ char *nm_arena_strdup(nm_arena_t *a, const char *s)
     char *d = nm_arena_alloc(a, n);
     memcpy(d, s, n);
     return d;
+}
+
+void nm_arena_reset(nm_arena_t *a)
+{
+    nm_arena_chunk_t *c = a->head;
+    if (!c)
+        return;
+    /* the newest chunk is the largest (chunks grow): keep it */
+    nm_arena_chunk_t *n = c->next;
+    while (n) {
+        nm_arena_chunk_t *next = n->next;
+        free(n);
+        n = next;
+    }
+    c->next = NULL;
+    c->used = 0;
 }
 
 void nm_arena_free(nm_arena_t *a)
@@ -225,6 +261,17 @@ const char *nm_meta_get(const nm_meta_t *m, const char *key)
 
 /* ------------------------------------------------------------------ objects */
 
+char *nm_service_key_in(const char *ns, const char *name, char buf[NM_KEY_BUF])
+{
+    size_t a = strlen(ns), b = strlen(name);
+    if (a + b + 2 > NM_KEY_BUF)
+        return nm_service_key(ns, name);
+    memcpy(buf, ns, a);
+    buf[a] = '\x1f';
+    memcpy(buf + a + 1, name, b + 1);
+    return buf;
+}
+
 char *nm_service_key(const char *ns, const char *name)
 {
     size_t a = strlen(ns), b = strlen(name);
@@ -242,7 +289,7 @@ char *nm_service_key(const char *ns, const char *name)
 nm_instance_t *nm_instance_new(void)
 {
     nm_instance_t *in = nm_xcalloc(1, sizeof *in);
-#define X(f) in->f = nm_xstrdup("");
+#define X(f) in->f = nm_empty_str;
     INSTANCE_STRINGS(X)
 #undef X
     in->hc_type = -1;
@@ -256,7 +303,7 @@ nm_instance_t *nm_instance_dup(const nm_instance_t *src)
 {
     nm_instance_t *in = nm_xcalloc(1, sizeof *in);
     *in = *src;
-#define X(f) in->f = nm_xstrdup(src->f);
+#define X(f) in->f = nm_str_dup(src->f);
     INSTANCE_STRINGS(X)
 #undef X
     nm_meta_copy(&in->meta, &src->meta);
@@ -272,7 +319,7 @@ void nm_instance_free(nm_instance_t *in)
 {
     if (!in)
         return;
-#define X(f) free(in->f);
+#define X(f) nm_str_free(in->f);
     INSTANCE_STRINGS(X)
 #undef X
     nm_meta_free(&in->meta);
@@ -287,15 +334,12 @@ void nm_instance_free(nm_instance_t *in)
 nm_service_t *nm_service_new(const char *ns, const char *name)
 {
     nm_service_t *s = nm_xcalloc(1, sizeof *s);
-#define X(f) s->f = nm_xstrdup("");
+#define X(f) s->f = nm_empty_str;
     SERVICE_STRINGS(X)
 #undef X
-    free(s->key);
-    free(s->ns);
-    free(s->name);
     s->key = nm_service_key(ns, name);
-    s->ns = nm_xstrdup(ns);
-    s->name = nm_xstrdup(name);
+    s->ns = nm_str_dup(ns);
+    s->name = nm_str_dup(name);
     return s;
 }
 
@@ -303,7 +347,7 @@ nm_service_t *nm_service_dup(const nm_service_t *src)
 {
     nm_service_t *s = nm_xcalloc(1, sizeof *s);
     *s = *src;
-#define X(f) s->f = nm_xstrdup(src->f);
+#define X(f) s->f = nm_str_dup(src->f);
     SERVICE_STRINGS(X)
 #undef X
     nm_meta_copy(&s->meta, &src->meta);
@@ -316,7 +360,7 @@ void nm_service_free(nm_service_t *s)
 {
     if (!s)
         return;
-#define X(f) free(s->f);
+#define X(f) nm_str_free(s->f);
     SERVICE_STRINGS(X)
 #undef X
     nm_meta_free(&s->meta);
@@ -326,10 +370,10 @@ void nm_service_free(nm_service_t *s)
 nm_namespace_t *nm_namespace_new(const char *name)
 {
     nm_namespace_t *ns = nm_xcalloc(1, sizeof *ns);
-    ns->name = nm_xstrdup(name);
-    ns->comment = nm_xstrdup("");
-    ns->owners = nm_xstrdup("");
-    ns->token = nm_xstrdup("");
+    ns->name = nm_str_dup(name);
+    ns->comment = nm_empty_str;
+    ns->owners = nm_empty_str;
+    ns->token = nm_empty_str;
     return ns;
 }
 
@@ -337,10 +381,10 @@ nm_namespace_t *nm_namespace_dup(const nm_namespace_t *src)
 {
     nm_namespace_t *ns = nm_xcalloc(1, sizeof *ns);
     *ns = *src;
-    ns->name = nm_xstrdup(src->name);
-    ns->comment = nm_xstrdup(src->comment);
-    ns->owners = nm_xstrdup(src->owners);
-    ns->token = nm_xstrdup(src->token);
+    ns->name = nm_str_dup(src->name);
+    ns->comment = nm_str_dup(src->comment);
+    ns->owners = nm_str_dup(src->owners);
+    ns->token = nm_str_dup(src->token);
     nm_meta_copy(&ns->meta, &src->meta);
     memset(&ns->hh, 0, sizeof ns->hh);
     return ns;
@@ -350,18 +394,107 @@ void nm_namespace_free(nm_namespace_t *ns)
 {
     if (!ns)
         return;
-    free(ns->name);
-    free(ns->comment);
-    free(ns->owners);
-    free(ns->token);
+    nm_str_free(ns->name);
+    nm_str_free(ns->comment);
+    nm_str_free(ns->owners);
+    nm_str_free(ns->token);
     nm_meta_free(&ns->meta);
     free(ns);
 }
 
 /* --------------------------------------------------------------- revisions */
 
+/* ------------------------------------------------------------- digests */
+
+/* naming_digest_* (common/naming_id.h) feeds OpenSSL run by run, and for
+ * runs this short the per-call overhead of EVP (and the implicit fetch of
+ * SHA-1 on every init) costs far more than the hashing. nm_digest_* frames
+ * the same runs into one buffer (an 8-byte big-endian length, then the
+ * bytes: exactly what naming_digest_add feeds) and hashes it in one call
+ * with SHA-1 fetched once per thread, so the digests are the same. */
+static _Thread_local EVP_MD *sha1_md;
+static _Thread_local EVP_MD_CTX *sha1_ctx;
+
+void nm_digest_init(nm_digest_t *d)
+{
+    d->p = d->inline_buf;
+    d->len = 0;
+    d->cap = sizeof d->inline_buf;
+}
+
+static void digest_reserve(nm_digest_t *d, size_t more)
+{
+    if (d->len + more <= d->cap)
+        return;
+    size_t cap = d->cap * 2;
+    while (cap < d->len + more)
+        cap *= 2;
+    unsigned char *p = d->p == d->inline_buf ? malloc(cap) : realloc(d->p, cap);
+    if (!p)
+        nm_oom();
+    if (d->p == d->inline_buf)
+        memcpy(p, d->inline_buf, d->len);
+    d->p = p;
+    d->cap = cap;
+}
+
+void nm_digest_add(nm_digest_t *d, const void *data, size_t len)
+{
+    digest_reserve(d, 8 + len);
+    uint64_t be = htobe64((uint64_t)len);
+    memcpy(d->p + d->len, &be, 8);
+    d->len += 8;
+    if (len)
+        memcpy(d->p + d->len, data, len);
+    d->len += len;
+}
+
+void nm_digest_add_str(nm_digest_t *d, const char *s)
+{
+    nm_digest_add(d, s ? s : "", s ? strlen(s) : 0);
+}
+
+/* SHA-1 of len bytes: hex (and the 20 bytes when bin is not NULL). */
+static void sha1(const void *data, size_t len, char hex[NAMING_HEX_LEN + 1], unsigned char *bin)
+{
+    static const char digits[] = "0123456789abcdef";
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned mdlen = 0;
+    if (!sha1_md) {
+        sha1_md = EVP_MD_fetch(NULL, "SHA1", NULL);
+        sha1_ctx = EVP_MD_CTX_new();
+        if (!sha1_md || !sha1_ctx) {
+            log_error("naming worker: OpenSSL has no SHA-1");
+            abort();
+        }
+    }
+    if (EVP_DigestInit_ex2(sha1_ctx, sha1_md, NULL) != 1 || EVP_DigestUpdate(sha1_ctx, data, len) != 1 ||
+        EVP_DigestFinal_ex(sha1_ctx, md, &mdlen) != 1 || mdlen != NAMING_HEX_LEN / 2) {
+        log_error("naming worker: SHA-1 failed");
+        abort();
+    }
+    for (unsigned i = 0; i < mdlen; i++) {
+        hex[2 * i] = digits[md[i] >> 4];
+        hex[2 * i + 1] = digits[md[i] & 15];
+        if (bin)
+            bin[i] = md[i];
+    }
+    hex[NAMING_HEX_LEN] = '\0';
+}
+
+void nm_sha1_hex(const void *data, size_t len, char out[NAMING_HEX_LEN + 1]) { sha1(data, len, out, NULL); }
+
+void nm_digest_finish(nm_digest_t *d, char hex[NAMING_HEX_LEN + 1], unsigned char bin[NAMING_HEX_LEN / 2])
+{
+    sha1(d->p, d->len, hex, bin);
+    if (d->p != d->inline_buf)
+        free(d->p);
+    d->p = d->inline_buf;
+    d->len = 0;
+}
+
 /* Numbers enter digests as their decimal text. */
-static void digest_u64(naming_digest_t *d, uint64_t v)
+static void digest_u64(nm_digest_t *d, uint64_t v)
 {
     char buf[24];
     size_t i = sizeof buf;
@@ -369,10 +502,10 @@ static void digest_u64(naming_digest_t *d, uint64_t v)
         buf[--i] = (char)('0' + v % 10);
         v /= 10;
     } while (v);
-    naming_digest_add(d, buf + i, sizeof buf - i);
+    nm_digest_add(d, buf + i, sizeof buf - i);
 }
 
-static void digest_i64(naming_digest_t *d, int64_t v)
+static void digest_i64(nm_digest_t *d, int64_t v)
 {
     if (v >= 0) {
         digest_u64(d, (uint64_t)v);
@@ -386,39 +519,35 @@ static void digest_i64(naming_digest_t *d, int64_t v)
         u /= 10;
     } while (u);
     buf[--i] = '-';
-    naming_digest_add(d, buf + i, sizeof buf - i);
+    nm_digest_add(d, buf + i, sizeof buf - i);
 }
 
-static void digest_meta(naming_digest_t *d, const nm_meta_t *m)
+static void digest_meta(nm_digest_t *d, const nm_meta_t *m)
 {
     digest_u64(d, m->n);
     for (size_t i = 0; i < m->n; i++) {
-        naming_digest_add_str(d, m->keys[i]);
-        naming_digest_add_str(d, m->vals[i]);
+        nm_digest_add_str(d, m->keys[i]);
+        nm_digest_add_str(d, m->vals[i]);
     }
 }
 
-static void digest_init(naming_digest_t *d)
-{
-    if (naming_digest_init(d) < 0)
-        nm_oom();
-}
+static void digest_init(nm_digest_t *d) { nm_digest_init(d); }
 
 /* Every field a client can observe, in a fixed order; times and row
  * versions are not content. */
 void nm_instance_revision(nm_instance_t *in)
 {
-    naming_digest_t d;
+    nm_digest_t d;
     digest_init(&d);
-    naming_digest_add_str(&d, "lodestar.instance.1");
-    naming_digest_add_str(&d, in->id);
-    naming_digest_add_str(&d, in->ns);
-    naming_digest_add_str(&d, in->service);
-    naming_digest_add_str(&d, in->vpc_id);
-    naming_digest_add_str(&d, in->host);
+    nm_digest_add_str(&d, "lodestar.instance.1");
+    nm_digest_add_str(&d, in->id);
+    nm_digest_add_str(&d, in->ns);
+    nm_digest_add_str(&d, in->service);
+    nm_digest_add_str(&d, in->vpc_id);
+    nm_digest_add_str(&d, in->host);
     digest_u64(&d, in->port);
-    naming_digest_add_str(&d, in->protocol);
-    naming_digest_add_str(&d, in->version);
+    nm_digest_add_str(&d, in->protocol);
+    nm_digest_add_str(&d, in->version);
     digest_u64(&d, in->priority);
     digest_u64(&d, in->weight);
     digest_i64(&d, in->hc_type);
@@ -426,33 +555,33 @@ void nm_instance_revision(nm_instance_t *in)
     digest_u64(&d, in->enable_hc);
     digest_u64(&d, in->healthy);
     digest_u64(&d, in->isolate);
-    naming_digest_add_str(&d, in->region);
-    naming_digest_add_str(&d, in->zone);
-    naming_digest_add_str(&d, in->campus);
+    nm_digest_add_str(&d, in->region);
+    nm_digest_add_str(&d, in->zone);
+    nm_digest_add_str(&d, in->campus);
     digest_meta(&d, &in->meta);
-    naming_digest_add_str(&d, in->logic_set);
-    naming_digest_add_str(&d, in->nacos_group);
-    naming_digest_add_str(&d, in->nacos_cluster);
+    nm_digest_add_str(&d, in->logic_set);
+    nm_digest_add_str(&d, in->nacos_group);
+    nm_digest_add_str(&d, in->nacos_cluster);
     digest_u64(&d, in->ephemeral);
-    naming_digest_add_str(&d, in->eureka_app);
-    naming_digest_add_str(&d, in->eureka_status);
-    naming_digest_add_str(&d, in->eureka_overridden_status);
+    nm_digest_add_str(&d, in->eureka_app);
+    nm_digest_add_str(&d, in->eureka_status);
+    nm_digest_add_str(&d, in->eureka_overridden_status);
     digest_i64(&d, in->eureka_last_dirty_ms);
-    naming_digest_add_str(&d, in->origin);
-    naming_digest_hex(&d, in->revision);
+    nm_digest_add_str(&d, in->origin);
+    nm_digest_finish(&d, in->revision, in->digest);
 }
 
 void nm_namespace_revision(nm_namespace_t *ns)
 {
-    naming_digest_t d;
+    nm_digest_t d;
     digest_init(&d);
-    naming_digest_add_str(&d, "lodestar.namespace.1");
-    naming_digest_add_str(&d, ns->name);
-    naming_digest_add_str(&d, ns->comment);
-    naming_digest_add_str(&d, ns->owners);
-    naming_digest_add_str(&d, ns->token);
+    nm_digest_add_str(&d, "lodestar.namespace.1");
+    nm_digest_add_str(&d, ns->name);
+    nm_digest_add_str(&d, ns->comment);
+    nm_digest_add_str(&d, ns->owners);
+    nm_digest_add_str(&d, ns->token);
     digest_meta(&d, &ns->meta);
-    naming_digest_hex(&d, ns->revision);
+    nm_digest_finish(&d, ns->revision, NULL);
 }
 
 static int cmp_instance_id(const void *a, const void *b)
@@ -467,50 +596,62 @@ void nm_service_sort(nm_service_t *s)
     s->unsorted = false;
 }
 
-static int hexval(char c)
-{
-    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : 0;
-}
-
 /* The service revision covers its own fields and the set of its instances'
  * revisions. The set enters as the XOR of the instance digests (and their
  * count): independent of order, so no sort is needed on every change, and
- * still equal on every node holding the same data. */
+ * still equal on every node holding the same data. svc_add/svc_sub keep
+ * that aggregate and the counts as instances come, change and go, so a
+ * refresh costs the same for one instance as for ten thousand. */
+static bool counts_healthy(const nm_instance_t *in) { return in->healthy && !in->isolate; }
+
+static void svc_xor(nm_service_t *s, const nm_instance_t *in)
+{
+    for (size_t i = 0; i < sizeof s->agg; i++)
+        s->agg[i] ^= in->digest[i];
+}
+
+/* in (revision current) joined s's instances, or took new content in place. */
+static void svc_add(nm_service_t *s, const nm_instance_t *in)
+{
+    svc_xor(s, in);
+    s->n_instances++;
+    if (counts_healthy(in))
+        s->n_healthy++;
+}
+
+/* in (with the revision it was added with) leaves s, or is about to change. */
+static void svc_sub(nm_service_t *s, const nm_instance_t *in)
+{
+    svc_xor(s, in);
+    s->n_instances--;
+    if (counts_healthy(in))
+        s->n_healthy--;
+}
+
 void nm_service_refresh(nm_service_t *s)
 {
-    unsigned char agg[NAMING_HEX_LEN / 2] = {0};
-    uint32_t n = 0, healthy = 0;
-    for (nm_instance_t *in = s->instances; in; in = in->hh_svc.next) {
-        for (size_t i = 0; i < sizeof agg; i++)
-            agg[i] ^= (unsigned char)(hexval(in->revision[2 * i]) << 4 | hexval(in->revision[2 * i + 1]));
-        n++;
-        if (in->healthy && !in->isolate)
-            healthy++;
-    }
-    s->n_instances = n;
-    s->n_healthy = healthy;
-
-    naming_digest_t d;
+    uint32_t n = s->n_instances;
+    nm_digest_t d;
     digest_init(&d);
-    naming_digest_add_str(&d, "lodestar.service.1");
-    naming_digest_add_str(&d, s->ns);
-    naming_digest_add_str(&d, s->name);
+    nm_digest_add_str(&d, "lodestar.service.1");
+    nm_digest_add_str(&d, s->ns);
+    nm_digest_add_str(&d, s->name);
     digest_u64(&d, s->has_row);
-    naming_digest_add_str(&d, s->id);
+    nm_digest_add_str(&d, s->id);
     digest_meta(&d, &s->meta);
-    naming_digest_add_str(&d, s->ports);
-    naming_digest_add_str(&d, s->business);
-    naming_digest_add_str(&d, s->department);
-    naming_digest_add_str(&d, s->cmdb_mod1);
-    naming_digest_add_str(&d, s->cmdb_mod2);
-    naming_digest_add_str(&d, s->cmdb_mod3);
-    naming_digest_add_str(&d, s->comment);
-    naming_digest_add_str(&d, s->owners);
-    naming_digest_add_str(&d, s->token);
-    naming_digest_add_str(&d, s->platform_id);
+    nm_digest_add_str(&d, s->ports);
+    nm_digest_add_str(&d, s->business);
+    nm_digest_add_str(&d, s->department);
+    nm_digest_add_str(&d, s->cmdb_mod1);
+    nm_digest_add_str(&d, s->cmdb_mod2);
+    nm_digest_add_str(&d, s->cmdb_mod3);
+    nm_digest_add_str(&d, s->comment);
+    nm_digest_add_str(&d, s->owners);
+    nm_digest_add_str(&d, s->token);
+    nm_digest_add_str(&d, s->platform_id);
     digest_u64(&d, n);
-    naming_digest_add(&d, agg, sizeof agg);
-    naming_digest_hex(&d, s->revision);
+    nm_digest_add(&d, s->agg, sizeof s->agg);
+    nm_digest_finish(&d, s->revision, NULL);
 }
 
 /* -------------------------------------------------------------------- model */
@@ -527,7 +668,6 @@ void nm_model_clear_touched(nm_model_t *m)
         HASH_ITER(hh, t->insts, ti, ttmp)
         {
             HASH_DEL(t->insts, ti);
-            free(ti->id);
             free(ti);
         }
         free(t->key);
@@ -576,10 +716,11 @@ nm_instance_t *nm_model_instance(const nm_model_t *m, const char *id)
 
 nm_service_t *nm_model_service(const nm_model_t *m, const char *ns, const char *name)
 {
-    char *key = nm_service_key(ns, name);
+    char buf[NM_KEY_BUF];
+    char *key = nm_service_key_in(ns, name, buf);
     nm_service_t *s = NULL;
     HASH_FIND_STR(m->services, key, s);
-    free(key);
+    nm_service_key_release(key, buf);
     return s;
 }
 
@@ -620,9 +761,10 @@ static void touch_inst(nm_model_t *m, const nm_service_t *s, const char *id, boo
     nm_touch_inst_t *ti = NULL;
     HASH_FIND_STR(t->insts, id, ti);
     if (!ti) {
-        ti = nm_xcalloc(1, sizeof *ti);
-        ti->id = nm_xstrdup(id);
-        HASH_ADD_KEYPTR(hh, t->insts, ti->id, strlen(ti->id), ti);
+        size_t len = strlen(id);
+        ti = nm_xcalloc(1, sizeof *ti + len + 1);
+        memcpy(ti->id, id, len + 1);
+        HASH_ADD_KEYPTR(hh, t->insts, ti->id, len, ti);
     }
     ti->removed = removed;
 }
@@ -630,7 +772,7 @@ static void touch_inst(nm_model_t *m, const nm_service_t *s, const char *id, boo
 /* Drop a service that has neither a row nor instances. */
 static void maybe_remove_service(nm_model_t *m, nm_service_t *s)
 {
-    if (s->has_row || HASH_CNT(hh_svc, s->instances) > 0)
+    if (s->has_row || s->instances)
         return;
     HASH_DEL(m->services, s);
     nm_service_free(s);
@@ -652,7 +794,7 @@ static void instance_detach(nm_model_t *m, nm_instance_t *in)
     HASH_DEL(m->instances, in);
     if (s) {
         HASH_DELETE(hh_svc, s->instances, in);
-        s->n_instances = HASH_CNT(hh_svc, s->instances);
+        svc_sub(s, in);
         touch_inst(m, s, in->id, true);
         maybe_remove_service(m, s);
     }
@@ -703,11 +845,19 @@ static void instance_take_fields(nm_instance_t *cur, nm_instance_t *row)
     cur->seen = true;
     nm_arena_free(&cur->pb_arena);
     cur->pb = NULL;
-    nm_instance_revision(cur);
+    memcpy(cur->revision, row->revision, sizeof cur->revision);
+    memcpy(cur->digest, row->digest, sizeof cur->digest);
     nm_instance_free(row);
 }
 
 int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row)
+{
+    if (!row->deleted)
+        nm_instance_revision(row);
+    return nm_model_apply_instance_hashed(m, row);
+}
+
+int nm_model_apply_instance_hashed(nm_model_t *m, nm_instance_t *row)
 {
     nm_instance_t *cur = nm_model_instance(m, row->id);
     if (cur && row->row_version <= cur->row_version) {
@@ -721,7 +871,9 @@ int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row)
     }
     if (cur && !row->deleted && strcmp(cur->ns, row->ns) == 0 && strcmp(cur->service, row->service) == 0) {
         touch_inst(m, cur->svc, cur->id, false);
+        svc_sub(cur->svc, cur);
         instance_take_fields(cur, row);
+        svc_add(cur->svc, cur);
         return 1;
     }
     if (cur) {
@@ -736,7 +888,6 @@ int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row)
     row->svc = s;
     row->seen = true;
     row->pb = NULL;
-    nm_instance_revision(row);
     if (s->instances) {
         const nm_instance_t *tail = ELMT_FROM_HH(s->instances->hh_svc.tbl, s->instances->hh_svc.tbl->tail);
         if (strcmp(tail->id, row->id) > 0)
@@ -744,7 +895,7 @@ int nm_model_apply_instance(nm_model_t *m, nm_instance_t *row)
     }
     HASH_ADD_KEYPTR(hh, m->instances, row->id, strlen(row->id), row);
     HASH_ADD_KEYPTR(hh_svc, s->instances, row->id, strlen(row->id), row);
-    s->n_instances = HASH_CNT(hh_svc, s->instances);
+    svc_add(s, row);
     touch_inst(m, s, row->id, false);
     return 1;
 }

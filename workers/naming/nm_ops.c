@@ -53,16 +53,15 @@ typedef struct view {
     nm_overlay_t *ov;  /* the batch */
     nm_overlay_t *rov; /* this request */
     const cfg_naming_worker_t *cfg;
+    const nm_overlay_t *const *pending; /* batches sent, not yet committed */
+    size_t npending;
+    bool blocked; /* the request read a row a pending batch writes */
 } view_t;
 
 static const char *val(const Google__Protobuf__StringValue *v) { return v && v->value ? v->value : NULL; }
 static const char *valor(const Google__Protobuf__StringValue *v, const char *d) { return val(v) ? val(v) : d; }
 
-static void set_str(char **dst, const char *s)
-{
-    free(*dst);
-    *dst = nm_xstrdup(s);
-}
+static void set_str(char **dst, const char *s) { nm_str_set(dst, s); }
 
 /* ----------------------------------------------------------------- overlay */
 
@@ -111,41 +110,73 @@ static nm_namespace_t *ov_namespace(const nm_overlay_t *o, const char *name)
     return e;
 }
 
+/* Reading below the batch: a row some pending batch writes makes the
+ * request depend on that batch's outcome (blocked). */
+static void check_pending_instance(view_t *v, const char *id)
+{
+    for (size_t i = 0; i < v->npending && !v->blocked; i++)
+        v->blocked = ov_instance(v->pending[i], id) != NULL;
+}
+
+static void check_pending_service(view_t *v, const char *key)
+{
+    for (size_t i = 0; i < v->npending && !v->blocked; i++)
+        v->blocked = ov_service(v->pending[i], key) != NULL;
+}
+
+static void check_pending_namespace(view_t *v, const char *name)
+{
+    for (size_t i = 0; i < v->npending && !v->blocked; i++)
+        v->blocked = ov_namespace(v->pending[i], name) != NULL;
+}
+
+/* Scans (by host, instance counts, a namespace's services) read more rows
+ * than can be checked one by one: any pending batch blocks them. */
+static void check_pending_any(view_t *v)
+{
+    for (size_t i = 0; i < v->npending && !v->blocked; i++)
+        v->blocked = !nm_overlay_empty(v->pending[i]);
+}
+
 /* The instance as this request sees it; NULL when absent or deleted. */
-static const nm_instance_t *v_instance(const view_t *v, const char *id)
+static const nm_instance_t *v_instance(view_t *v, const char *id)
 {
     const nm_instance_t *e = ov_instance(v->rov, id);
     if (!e)
         e = ov_instance(v->ov, id);
     if (e)
         return e->deleted ? NULL : e;
+    check_pending_instance(v, id);
     return nm_model_instance(v->m, id);
 }
 
 /* The service row as this request sees it; NULL when there is none. */
-static const nm_service_t *v_service(const view_t *v, const char *ns, const char *name)
+static const nm_service_t *v_service(view_t *v, const char *ns, const char *name)
 {
-    char *key = nm_service_key(ns, name);
+    char buf[NM_KEY_BUF];
+    char *key = nm_service_key_in(ns, name, buf);
     const nm_service_t *e = ov_service(v->rov, key);
     if (!e)
         e = ov_service(v->ov, key);
     if (!e) {
+        check_pending_service(v, key);
         const nm_service_t *s = nm_model_service(v->m, ns, name);
         e = s && s->has_row ? s : NULL;
     } else if (e->deleted) {
         e = NULL;
     }
-    free(key);
+    nm_service_key_release(key, buf);
     return e;
 }
 
-static const nm_namespace_t *v_namespace(const view_t *v, const char *name)
+static const nm_namespace_t *v_namespace(view_t *v, const char *name)
 {
     const nm_namespace_t *e = ov_namespace(v->rov, name);
     if (!e)
         e = ov_namespace(v->ov, name);
     if (e)
         return e->deleted ? NULL : e;
+    check_pending_namespace(v, name);
     return nm_model_namespace(v->m, name);
 }
 
@@ -161,8 +192,9 @@ static bool matches(const nm_instance_t *in, const host_filter_t *f)
            (!f->service || strcmp(in->service, f->service) == 0);
 }
 
-static size_t v_instances_on_host(const view_t *v, const host_filter_t *f, const nm_instance_t ***out)
+static size_t v_instances_on_host(view_t *v, const host_filter_t *f, const nm_instance_t ***out)
 {
+    check_pending_any(v);
     size_t n = 0, cap = 16;
     const nm_instance_t **list = nm_xcalloc(cap, sizeof *list);
 #define PUSH(x)                                                                                                        \
@@ -191,8 +223,9 @@ static size_t v_instances_on_host(const view_t *v, const host_filter_t *f, const
 }
 
 /* Live instances of service ns/name as the view sees them. */
-static size_t v_instance_count(const view_t *v, const char *ns, const char *name)
+static size_t v_instance_count(view_t *v, const char *ns, const char *name)
 {
+    check_pending_any(v);
     const nm_service_t *s = nm_model_service(v->m, ns, name);
     long n = s ? (long)s->n_instances : 0;
     const nm_overlay_t *layers[2] = {v->rov, v->ov};
@@ -210,8 +243,9 @@ static size_t v_instance_count(const view_t *v, const char *ns, const char *name
 }
 
 /* Does namespace ns hold any service (a row or instances) in the view? */
-static bool v_namespace_has_services(const view_t *v, const char *ns)
+static bool v_namespace_has_services(view_t *v, const char *ns)
 {
+    check_pending_any(v);
     for (const nm_service_t *s = v->m->services; s; s = s->hh.next)
         if (strcmp(s->ns, ns) == 0 && (v_service(v, s->ns, s->name) || v_instance_count(v, s->ns, s->name) > 0))
             return true;
@@ -490,9 +524,8 @@ static uint32_t eval_register(view_t *v, const Lodestar__NamingInstance *ni, nm_
         put_service(v, s, NM_MODE_CREATE);
     }
     nm_instance_t *in = instance_from_request(ni, id, v_instance(v, id));
-    ok(r, NM_OK, NM_ROW_INSTANCE, nm_instance_dup(in));
     put_instance(v, in);
-    nm_instance_revision(r->obj);
+    ok(r, NM_OK, NM_ROW_INSTANCE, nm_instance_dup(in)); /* revision included */
     return 0;
 }
 
@@ -597,9 +630,8 @@ static uint32_t eval_update(view_t *v, const Lodestar__NamingInstance *ni, nm_re
         nm_instance_revision(in);
         return 0;
     }
-    ok(r, NM_OK, NM_ROW_INSTANCE, nm_instance_dup(in));
     put_instance(v, in);
-    nm_instance_revision(r->obj);
+    ok(r, NM_OK, NM_ROW_INSTANCE, nm_instance_dup(in)); /* revision included */
     return 0;
 }
 
@@ -647,9 +679,8 @@ static uint32_t eval_set_health(view_t *v, const Lodestar__NamingInstance *ni, n
         return 0;
     }
     in->healthy = ni->instance->healthy->value;
-    ok(r, NM_OK, NM_ROW_INSTANCE, nm_instance_dup(in));
     put_instance(v, in);
-    nm_instance_revision(r->obj);
+    ok(r, NM_OK, NM_ROW_INSTANCE, nm_instance_dup(in)); /* revision included */
     return 0;
 }
 
@@ -854,8 +885,14 @@ static uint32_t eval_namespace_delete(view_t *v, const V1__Namespace *q, nm_resu
 bool nm_ops_eval(const nm_model_t *m, nm_overlay_t *ov, const cfg_naming_worker_t *cfg, const req_t *req,
                  nm_result_t *res)
 {
+    return nm_ops_eval_pending(m, ov, NULL, 0, cfg, req, res) == NM_EVAL_OK;
+}
+
+nm_eval_t nm_ops_eval_pending(const nm_model_t *m, nm_overlay_t *ov, const nm_overlay_t *const *pending,
+                              size_t npending, const cfg_naming_worker_t *cfg, const req_t *req, nm_result_t *res)
+{
     nm_overlay_t rov = {0};
-    view_t v = {m, ov, &rov, cfg};
+    view_t v = {m, ov, &rov, cfg, pending, npending, false};
     size_t n = nm_request_items(req);
     bool all_ok = true;
     for (size_t i = 0; i < n; i++) {
@@ -911,13 +948,19 @@ bool nm_ops_eval(const nm_model_t *m, nm_overlay_t *ov, const cfg_naming_worker_
                 all_ok = false;
         }
     }
+    if (v.blocked) {
+        for (size_t i = 0; i < n; i++)
+            nm_result_clear(&res[i]);
+        nm_overlay_free(&rov);
+        return NM_EVAL_BLOCKED;
+    }
     if (!all_ok) {
         nm_results_reject_rest(res, n);
         nm_overlay_free(&rov);
-        return false;
+        return NM_EVAL_FAILED;
     }
     merge(ov, &rov);
-    return true;
+    return NM_EVAL_OK;
 }
 
 /* ---------------------------------------------------------------- responses */
@@ -964,7 +1007,7 @@ static void echo_item(nm_arena_t *a, V1__Response *o, const req_t *req, size_t i
     }
 }
 
-V1__BatchWriteResponse *nm_batch_response(nm_arena_t *a, const nm_model_t *m, const req_t *req, nm_result_t *res,
+V1__BatchWriteResponse *nm_batch_response(nm_arena_t *a, nm_model_t *m, const req_t *req, nm_result_t *res,
                                           size_t n)
 {
     V1__BatchWriteResponse *b = nm_arena_alloc(a, sizeof *b);
@@ -986,12 +1029,18 @@ V1__BatchWriteResponse *nm_batch_response(nm_arena_t *a, const nm_model_t *m, co
         o->info = sv(a, r->info[0] ? r->info : polaris_code_info(r->code));
         if (r->kind == NM_ROW_INSTANCE && r->obj) {
             nm_instance_t *in = r->obj;
-            const nm_instance_t *cur = nm_model_instance(m, in->id);
-            if (cur) {
-                in->ctime_ms = cur->ctime_ms;
-                in->mtime_ms = cur->mtime_ms;
+            nm_instance_t *cur = nm_model_instance(m, in->id);
+            if (cur && strcmp(cur->revision, in->revision) == 0) {
+                /* the same content (and the model's times): the model's
+                 * cached message, which the publication built anyway */
+                o->instance = nm_instance_cached_pb(cur)->instance;
+            } else {
+                if (cur) {
+                    in->ctime_ms = cur->ctime_ms;
+                    in->mtime_ms = cur->mtime_ms;
+                }
+                o->instance = nm_pb_instance(a, in);
             }
-            o->instance = nm_pb_instance(a, in);
         } else if (r->kind == NM_ROW_SERVICE && r->obj) {
             nm_service_t *s = r->obj;
             const nm_service_t *cur = nm_model_service(m, s->ns, s->name);

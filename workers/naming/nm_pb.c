@@ -15,12 +15,33 @@
 
 #include "naming.h"
 
+/* Times repeat a lot (a batch commits its rows in one transaction, with one
+ * timestamp), and local-time conversion is not cheap: the last few seconds
+ * formatted are remembered. */
 void nm_format_time(int64_t ms, char out[32])
 {
+    enum { SLOTS = 4 };
+    static _Thread_local struct {
+        time_t t;
+        bool set;
+        char text[32];
+    } cache[SLOTS];
+    static _Thread_local unsigned next;
     time_t t = (time_t)(ms / 1000);
+    for (unsigned i = 0; i < SLOTS; i++)
+        if (cache[i].set && cache[i].t == t) {
+            memcpy(out, cache[i].text, 32);
+            return;
+        }
     struct tm tm;
-    if (!localtime_r(&t, &tm) || !strftime(out, 32, "%Y-%m-%d %H:%M:%S", &tm))
+    if (!localtime_r(&t, &tm) || !strftime(out, 32, "%Y-%m-%d %H:%M:%S", &tm)) {
         out[0] = '\0';
+        return;
+    }
+    unsigned k = next++ % SLOTS;
+    cache[k].t = t;
+    cache[k].set = true;
+    memcpy(cache[k].text, out, 32);
 }
 
 static Google__Protobuf__StringValue *sv(nm_arena_t *a, const char *s)

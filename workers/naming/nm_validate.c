@@ -482,6 +482,42 @@ uint32_t nm_validate_item(const Lodestar__NamingWriteRequest *req, size_t i, cha
     }
 }
 
+/* Append s to buf (cap bytes with the NUL), cutting where snprintf would. */
+static void id_append(char *buf, size_t cap, size_t *n, const char *s)
+{
+    size_t l = strlen(s);
+    if (*n + l > cap - 1)
+        l = cap - 1 - *n;
+    memcpy(buf + *n, s, l);
+    *n += l;
+}
+
+/* naming_instance_id (common/naming_id.h) without printf and with SHA-1
+ * fetched once (it runs for every registration): the same text, cut at
+ * the same length, so the same id. */
+static void instance_id(const char *ns, const char *service, const char *vpc_id, const char *host, unsigned port,
+                        char out[NAMING_HEX_LEN + 1])
+{
+    char buf[2048], num[16];
+    size_t n = 0, k = sizeof num;
+    num[--k] = '\0';
+    do {
+        num[--k] = (char)('0' + port % 10);
+        port /= 10;
+    } while (port);
+    const char *parts[5] = {ns, service, vpc_id && *vpc_id ? vpc_id : NULL, host, num + k};
+    bool first = true;
+    for (int i = 0; i < 5; i++) {
+        if (!parts[i])
+            continue;
+        if (!first)
+            id_append(buf, sizeof buf, &n, "##");
+        id_append(buf, sizeof buf, &n, parts[i]);
+        first = false;
+    }
+    nm_sha1_hex(buf, n, out);
+}
+
 void nm_item_instance_id(const V1__Instance *in, char out[NM_MAX_INSTANCE_ID * 4 + 1])
 {
     const char *id = val(in->id);
@@ -489,8 +525,8 @@ void nm_item_instance_id(const V1__Instance *in, char out[NM_MAX_INSTANCE_ID * 4
         snprintf(out, NM_MAX_INSTANCE_ID * 4 + 1, "%s", id);
         return;
     }
-    naming_instance_id(val(in->namespace_) ? val(in->namespace_) : "", val(in->service) ? val(in->service) : "",
-                       val(in->vpc_id), val(in->host) ? val(in->host) : "", in->port ? in->port->value : 0, out);
+    instance_id(val(in->namespace_) ? val(in->namespace_) : "", val(in->service) ? val(in->service) : "",
+                val(in->vpc_id), val(in->host) ? val(in->host) : "", in->port ? in->port->value : 0, out);
 }
 
 typedef struct seen_id {
@@ -514,8 +550,8 @@ size_t nm_validate_items(const Lodestar__NamingWriteRequest *req, nm_result_t *r
             bad++;
             continue;
         }
-        if (!by_id)
-            continue;
+        if (!by_id || n < 2)
+            continue; /* one item cannot repeat itself */
         char id[NM_MAX_INSTANCE_ID * 4 + 1];
         nm_item_instance_id(req->instances[i]->instance, id);
         seen_id_t *e = NULL;
