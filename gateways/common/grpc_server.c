@@ -1268,11 +1268,14 @@ int gs_server_add_listener(gs_server_t *s, int fd, const char *name, char *err, 
 
 /* -------------------------------------------------------------- server */
 
-int gs_server_add_unary(gs_server_t *s, const char *method, gs_unary_fn fn, void *arg, char *err, size_t errlen)
+/* Register m (its path is copied) after the checks both kinds share;
+ * `needs` names the handler a valid registration must have. */
+static int method_add(gs_server_t *s, const char *method, bool valid, const char *needs, gs_method_t m, char *err,
+                      size_t errlen)
 {
-    if (!method || method[0] != '/' || !strchr(method + 1, '/') || !fn) {
-        snprintf(err, errlen, "method '%s': expected a path \"/package.Service/Method\" and a handler",
-                 method ? method : "(null)");
+    if (!method || method[0] != '/' || !strchr(method + 1, '/') || !valid) {
+        snprintf(err, errlen, "method '%s': expected a path \"/package.Service/Method\" and %s",
+                 method ? method : "(null)", needs);
         return -EINVAL;
     }
     if (s->state != GS_ST_NEW) {
@@ -1289,44 +1292,24 @@ int gs_server_add_unary(gs_server_t *s, const char *method, gs_unary_fn fn, void
         return -ENOMEM;
     }
     s->methods = arr;
-    char *p = strdup(method);
-    if (!p) {
+    if (!(m.path = strdup(method))) {
         snprintf(err, errlen, "method %s: out of memory", method);
         return -ENOMEM;
     }
-    s->methods[s->n_methods++] = (gs_method_t){.path = p, .unary = fn, .arg = arg};
+    s->methods[s->n_methods++] = m;
     return 0;
+}
+
+int gs_server_add_unary(gs_server_t *s, const char *method, gs_unary_fn fn, void *arg, char *err, size_t errlen)
+{
+    return method_add(s, method, fn != NULL, "a handler", (gs_method_t){.unary = fn, .arg = arg}, err, errlen);
 }
 
 int gs_server_add_stream(gs_server_t *s, const char *method, const gs_stream_handlers_t *h, void *arg, char *err,
                          size_t errlen)
 {
-    if (!method || method[0] != '/' || !strchr(method + 1, '/') || !h || !h->on_message) {
-        snprintf(err, errlen, "method '%s': expected a path \"/package.Service/Method\" and an on_message handler",
-                 method ? method : "(null)");
-        return -EINVAL;
-    }
-    if (s->state != GS_ST_NEW) {
-        snprintf(err, errlen, "method %s: server already started", method);
-        return -EINVAL;
-    }
-    if (find_method(s, method)) {
-        snprintf(err, errlen, "method %s: registered twice", method);
-        return -EINVAL;
-    }
-    gs_method_t *arr = realloc(s->methods, (s->n_methods + 1) * sizeof *arr);
-    if (!arr) {
-        snprintf(err, errlen, "method %s: out of memory", method);
-        return -ENOMEM;
-    }
-    s->methods = arr;
-    char *p = strdup(method);
-    if (!p) {
-        snprintf(err, errlen, "method %s: out of memory", method);
-        return -ENOMEM;
-    }
-    s->methods[s->n_methods++] = (gs_method_t){.path = p, .h = *h, .arg = arg};
-    return 0;
+    return method_add(s, method, h && h->on_message, "an on_message handler",
+                      (gs_method_t){.h = h ? *h : (gs_stream_handlers_t){0}, .arg = arg}, err, errlen);
 }
 
 static void on_teardown(evutil_socket_t fd, short what, void *arg);
